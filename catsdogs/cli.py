@@ -1,0 +1,296 @@
+"""The ``catsdogs`` command line: each command parses options, calls one core function,
+prints the result. Keras and TensorFlow are imported inside command bodies only, so that
+``catsdogs --help`` stays instant."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from catsdogs import __version__
+from catsdogs.config import ACTIVATIONS, OPTIMIZERS, PADDINGS
+
+DEFAULT_DATA = "prepared"
+DEFAULT_MODEL = "model"
+
+
+class CatsDogsGroup(click.Group):
+    """Turns the core's ValueError/OSError into one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ValueError, OSError) as error:
+            if os.environ.get("CATSDOGS_DEBUG"):
+                raise
+            message = str(error) if str(error) else type(error).__name__
+            if isinstance(error, OSError) and error.filename and error.strerror:
+                message = f"{error.strerror}: {error.filename}"
+            raise click.ClickException(message.splitlines()[0]) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=CatsDogsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="catsdogs")
+def cli() -> None:
+    """Turn a folder of cat and dog photos into a trained Keras classifier.
+
+    \b
+    Example:
+        catsdogs prepare photos/          # find, check and resize the photos
+        catsdogs train --filters 32       # build, summarize and train the model
+        catsdogs predict new_photo.jpg    # cat or dog, and how sure
+    """
+
+
+def sample_folder() -> Path:
+    """The built-in sample photos shipped with catsdogs."""
+    return Path(str(resources.files("catsdogs") / "sample_data"))
+
+
+@cli.command()
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=DEFAULT_DATA,
+              show_default=True, help="Folder to write the prepared dataset to.")
+@click.option("--size", type=click.IntRange(8, 2048), default=128, show_default=True,
+              help="Side in pixels of the square images the photos are resized to.")
+@click.option("--resize", "policy", type=click.Choice(["stretch", "crop", "pad"]),
+              default="stretch", show_default=True,
+              help="stretch: squash to a square; crop: keep the centre square; "
+                   "pad: keep the whole photo with black bars.")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True, help="Share of photos set aside as a test split "
+                                      "(stratified, seeded); train never sees them.")
+@click.option("--seed", type=int, default=1337, show_default=True,
+              help="Seed for the test split.")
+@click.option("--force", is_flag=True, help="Replace a different prepared dataset in --out.")
+def prepare(source: Path | None, out: Path, size: int, policy: str, test_fraction: float,
+            seed: int, force: bool) -> None:
+    """Find, check and resize the photos in SOURCE into a training-ready dataset.
+
+    SOURCE holds one sub-folder per class (cats/, dogs/; any names) or Kaggle-style
+    files named cat.1.jpg, dog.1.jpg. Without SOURCE, the built-in sample of 80
+    photos is used. The source folder is never written to.
+
+    \b
+    Example:
+        catsdogs prepare                              # the built-in sample
+        catsdogs prepare ~/PetImages --size 160 --out prepared
+    """
+    from data_prep.prepare import prepare as prepare_dataset
+
+    if source is None:
+        source = sample_folder()
+        click.echo(f"No SOURCE given: using the built-in sample ({source}).")
+    result = prepare_dataset(source, out, size, policy, force=force,
+                             test_fraction=test_fraction, seed=seed)
+    total = sum(result.counts.values())
+    if result.reused:
+        click.echo(f"{out} is already prepared from this source with these options: reused.")
+    else:
+        click.echo(f"Prepared {total:,} photos ({size}x{size}, {policy}) in "
+                   f"{result.seconds:.1f} s -> {out}")
+    for name in result.classes:
+        click.echo(f"  {name:<12} {result.counts[name]:>7,}")
+    if result.test_count:
+        click.echo(f"  test split   {result.test_count:>7,} (not used by train)")
+    if result.skipped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in result.skipped_by_reason.items())
+        click.echo(f"Skipped {len(result.skipped):,}: {reasons} (see {out}/skipped.csv)")
+        for path, reason in result.skipped[:5]:
+            click.echo(f"  {path}: {reason}")
+    else:
+        click.echo("Skipped 0.")
+
+
+def model_options(function: Callable) -> Callable:
+    """The options that describe the network, shared by ``train`` and ``summary``."""
+    options = [
+        click.option("--blocks", type=click.IntRange(1, 10), default=4, show_default=True,
+                     help="Number of Conv2D + MaxPooling2D blocks."),
+        click.option("--filters", type=click.IntRange(1, 1024), default=32, show_default=True,
+                     help="Filters of the first Conv2D; each later block doubles them."),
+        click.option("--kernel-size", type=click.IntRange(1, 15), default=3, show_default=True,
+                     help="Side of the square convolution kernels."),
+        click.option("--pool-size", type=click.IntRange(1, 8), default=2, show_default=True,
+                     help="Side of the max-pooling windows."),
+        click.option("--padding", type=click.Choice(PADDINGS), default="same",
+                     show_default=True, help="Convolution padding."),
+        click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu",
+                     show_default=True, help="Activation of the hidden layers."),
+        click.option("--dense", default="128", show_default=True,
+                     help="Comma-separated units of hidden Dense layers; 0 for none."),
+        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.3,
+                     show_default=True, help="Dropout rate before each Dense layer."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def model_config_from(size: int, num_classes: int, options: dict[str, Any]):
+    from catsdogs.config import ModelConfig, parse_dense
+
+    return ModelConfig(
+        image_size=size,
+        num_classes=num_classes,
+        blocks=options["blocks"],
+        filters=options["filters"],
+        kernel_size=options["kernel_size"],
+        pool_size=options["pool_size"],
+        padding=options["padding"],
+        activation=options["activation"],
+        dense=parse_dense(options["dense"]),
+        dropout_rate=options["dropout"],
+    )
+
+
+def dense_option_check(function: Callable) -> Callable:
+    """Report a malformed --dense as a usage error (exit 2), like every other bad option."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from catsdogs.config import parse_dense
+
+        try:
+            parse_dense(kwargs["dense"])
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="'--dense'") from None
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@cli.command()
+@model_options
+@click.option("--size", type=click.IntRange(8, 2048), default=128, show_default=True,
+              help="Side in pixels of the square input images.")
+@click.option("--classes", "num_classes", type=click.IntRange(2, 1000), default=2,
+              show_default=True, help="Number of classes.")
+@dense_option_check
+def summary(size: int, num_classes: int, **options: Any) -> None:
+    """Print the model's layer table and parameter counts, with no data and no training.
+
+    \b
+    Example:
+        catsdogs summary --size 300 --blocks 1 --filters 10 --kernel-size 5 \\
+            --padding valid --dense 0        # the classic article's model: 219,801
+    """
+    from catsdogs.model import build_model, summary_lines
+
+    model = build_model(model_config_from(size, num_classes, options))
+    for line in summary_lines(model):
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--data", "-d", type=click.Path(path_type=Path), default=DEFAULT_DATA,
+              show_default=True, help="Prepared dataset folder (from 'catsdogs prepare').")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=DEFAULT_MODEL,
+              show_default=True, help="Folder to save the trained model to.")
+@model_options
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=30, show_default=True,
+              help="Passes over the training photos.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Photos per training step.")
+@click.option("--validation-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.2, show_default=True,
+              help="Share of photos held out (stratified, seeded) to validate on.")
+@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=1e-3,
+              show_default=True, help="Optimizer learning rate.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam",
+              show_default=True, help="Optimizer.")
+@click.option("--seed", type=int, default=1337, show_default=True,
+              help="Seed for the split, the shuffling and the initial weights.")
+@click.option("--force", is_flag=True, help="Replace a model already saved in --out.")
+@dense_option_check
+def train(data: Path, out: Path, epochs: int, batch_size: int, validation_split: float,
+          learning_rate: float, optimizer: str, seed: int, force: bool,
+          **options: Any) -> None:
+    """Build the model, print its parameter summary, and train it on a prepared dataset.
+
+    The weights of the epoch with the lowest validation loss are saved to --out as
+    model.keras, with model.json (classes, image size, configuration) and history.csv.
+
+    \b
+    Example:
+        catsdogs train --epochs 20
+        catsdogs train --blocks 1 --filters 10 --kernel-size 5 --padding valid --dense 0
+    """
+    from catsdogs.config import TrainConfig
+    from catsdogs.model import summary_lines
+    from catsdogs.train import train as train_model
+
+    model_config = model_config_from(128, 2, options)
+    train_config = TrainConfig(epochs=epochs, batch_size=batch_size,
+                               validation_split=validation_split,
+                               learning_rate=learning_rate, optimizer=optimizer, seed=seed)
+
+    def on_start(model: Any, device: str) -> None:
+        for line in summary_lines(model):
+            click.echo(line)
+        click.echo(f"Training on {device}.")
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        click.echo(
+            f"epoch {row['epoch']:>3}/{epochs}  loss {row.get('loss', float('nan')):.4f}"
+            f"  accuracy {row.get('accuracy', float('nan')):.4f}"
+            f"  val_loss {row.get('val_loss', float('nan')):.4f}"
+            f"  val_accuracy {row.get('val_accuracy', float('nan')):.4f}"
+            f"  {row['seconds']:.1f}s{'  *' if row.get('best') else ''}"
+        )
+
+    result = train_model(data, out, model_config, train_config, force=force,
+                         on_start=on_start, on_epoch=on_epoch)
+    best = result.best
+    click.echo(
+        f"Best epoch {result.best_epoch}: val_accuracy {best.get('val_accuracy', 0):.4f}, "
+        f"val_loss {best.get('val_loss', 0):.4f} ({result.num_train:,} training photos, "
+        f"{result.num_validation:,} validation, {result.seconds:.0f} s)"
+    )
+    click.echo(f"Saved model to {out}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "-m", "model_dir", type=click.Path(path_type=Path),
+              default=DEFAULT_MODEL, show_default=True, help="Trained model folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of lines.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Photos decoded and predicted together.")
+def predict(paths: tuple[Path, ...], model_dir: Path, as_json: bool, batch_size: int) -> None:
+    """Say which class each photo is, and how sure the model is.
+
+    PATHS are photos or folders of photos. Exit code 1 when a photo could not be read
+    (the others are still predicted).
+
+    \b
+    Example:
+        catsdogs predict photo.jpg
+        catsdogs predict holiday/ --json > answers.json
+    """
+    from catsdogs.predict import Predictor
+
+    predictor = Predictor(model_dir)
+    failed = 0
+    results = []
+    for prediction in predictor.predict_paths(paths, batch_size=batch_size):
+        if prediction.error is not None:
+            failed += 1
+            click.echo(f"error: {prediction.path}: {prediction.error}", err=True)
+        elif not as_json:
+            click.echo(f"{prediction.path}: {prediction.label} ({prediction.probability:.1%})")
+        results.append(prediction.to_dict())
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if failed:
+        raise SystemExit(1)

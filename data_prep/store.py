@@ -1,0 +1,125 @@
+"""The prepared-dataset format, written whole or not at all.
+
+A prepared dataset is a folder::
+
+    images.npy     uint8 array (N, size, size, 3), RGB, loadable with np.load(mmap_mode="r")
+    manifest.csv   one row per image in images.npy, in the same order:
+                   index, path, label, class_name, width, height, split
+    skipped.csv    path, reason: every candidate file that was not used
+    dataset.json   format, image_size, resize_policy, channel_order, dtype, classes,
+                   counts, num_images, num_skipped, skipped_by_reason, source, layout,
+                   catsdogs_version
+
+It is built in a hidden temporary folder beside the destination and renamed into place only
+when complete, so an interrupted run never leaves something ``train`` would accept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMAT = "catsdogs-dataset/1"
+MANIFEST_COLUMNS = ["index", "path", "label", "class_name", "width", "height", "split"]
+SKIPPED_COLUMNS = ["path", "reason"]
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset opened for reading; ``images`` is a read-only memory map."""
+
+    path: Path
+    info: dict[str, Any]
+    manifest: pd.DataFrame
+    images: np.ndarray
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.info["image_size"])
+
+    def skipped_rows(self) -> list[tuple[str, str]]:
+        import pandas as pd
+
+        frame = pd.read_csv(self.path / "skipped.csv", keep_default_na=False)
+        return list(zip(frame["path"].astype(str), frame["reason"].astype(str), strict=True))
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("catsdogs")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def is_dataset(path: Path) -> bool:
+    return (path / "dataset.json").is_file()
+
+
+def read_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
+    """Open a prepared dataset, checking that its files agree with each other."""
+    import pandas as pd
+
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"no prepared dataset at {root}: run 'catsdogs prepare' first"
+        )
+    if not is_dataset(root):
+        raise ValueError(f"{root} is not a prepared dataset (no dataset.json)")
+    try:
+        info = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+        manifest = pd.read_csv(root / "manifest.csv", keep_default_na=False)
+        images = np.load(root / "images.npy", mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"broken prepared dataset at {root}: {error}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ValueError(f"{root}/dataset.json is not a {FORMAT} file")
+    size = int(info["image_size"])
+    if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
+        raise ValueError(f"{root}/images.npy does not hold {size}x{size} RGB uint8 images")
+    if len(manifest) != len(images):
+        raise ValueError(
+            f"broken prepared dataset at {root}: manifest has {len(manifest)} rows "
+            f"but images.npy holds {len(images)} images"
+        )
+    return PreparedDataset(root, info, manifest, images)
+
+
+def check_destination(out: Path, force: bool) -> None:
+    """Refuse to replace anything but a catsdogs dataset, and that only with ``force``."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder")
+    if is_dataset(out):
+        if not force:
+            raise ValueError(
+                f"{out} already holds a different prepared dataset; use --force to replace it"
+            )
+        return
+    if any(out.iterdir()):
+        raise ValueError(
+            f"output folder {out} is not empty and is not a prepared dataset; "
+            "choose another --out"
+        )
+
+
+def write_tables(folder: Path, manifest: pd.DataFrame, skipped: pd.DataFrame,
+                 info: dict[str, Any]) -> None:
+    manifest.to_csv(folder / "manifest.csv", index=False, columns=MANIFEST_COLUMNS)
+    skipped.to_csv(folder / "skipped.csv", index=False, columns=SKIPPED_COLUMNS)
+    (folder / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,186 @@
+"""prepare: layouts, the dataset format, skipping, and the safety rules."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from catsdogs.cli import cli
+from data_prep import ImageError, discover, load_image, prepare, read_dataset
+from tests.conftest import make_photo, write_photos
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_prepare_writes_documented_format(tiny_dataset, tmp_path):
+    out = tmp_path / "prepared"
+    result = prepare(tiny_dataset, out, size=16)
+    assert result.counts == {"cats": 12, "dogs": 12}
+    images = np.load(out / "images.npy", mmap_mode="r")
+    assert images.shape == (24, 16, 16, 3) and images.dtype == np.uint8
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert list(manifest.columns) == ["index", "path", "label", "class_name", "width",
+                                      "height", "split"]
+    assert set(manifest["class_name"]) == {"cats", "dogs"}
+    assert (manifest["width"] == 24).all() and (manifest["height"] == 24).all()
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["classes"] == ["cats", "dogs"]
+    assert info["channel_order"] == "RGB" and info["image_size"] == 16
+    # RGB, not BGR: the "cat" photos are red-dominant after conversion.
+    first_cat = images[manifest.index[manifest["class_name"] == "cats"][0]]
+    assert first_cat[..., 0].mean() > first_cat[..., 2].mean() + 50
+
+
+def test_flat_kaggle_layout(tmp_path):
+    folder = tmp_path / "flat"
+    write_photos(folder, "cat", 3, seed=1, prefix="cat")
+    write_photos(folder, "dog", 3, seed=2, prefix="dog")
+    found = discover(folder)
+    assert found.layout == "flat" and found.classes == ["cat", "dog"]
+    result = prepare(folder, tmp_path / "out", size=16)
+    assert result.counts == {"cat": 3, "dog": 3}
+
+
+def test_any_class_folder_names(tmp_path):
+    folder = tmp_path / "PetImages"
+    write_photos(folder / "Cat", "cat", 3, seed=1)
+    write_photos(folder / "Dog", "dog", 3, seed=2)
+    assert prepare(folder, tmp_path / "out", size=16).classes == ["Cat", "Dog"]
+
+
+def test_unreadable_files_are_skipped_with_reasons(tiny_dataset, tmp_path):
+    (tiny_dataset / "cats" / "empty.jpg").write_bytes(b"")
+    (tiny_dataset / "cats" / "notes.jpg").write_text("not a photo")
+    good = (tiny_dataset / "dogs" / "dog_0.jpg").read_bytes()
+    (tiny_dataset / "dogs" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (tiny_dataset / "cats" / ".DS_Store").write_bytes(b"\x00\x01")
+    result = prepare(tiny_dataset, tmp_path / "out", size=16)
+    reasons = dict((Path(p).name, r) for p, r in result.skipped)
+    assert reasons == {"empty.jpg": "empty file", "notes.jpg": "not an image",
+                       "cut.jpg": "truncated JPEG"}
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert len(skipped) == 3
+    assert result.counts == {"cats": 12, "dogs": 12}
+
+
+def test_source_is_never_written(tiny_dataset, tmp_path):
+    before = snapshot(tiny_dataset)
+    prepare(tiny_dataset, tmp_path / "out", size=16)
+    assert snapshot(tiny_dataset) == before
+
+
+def test_out_inside_source_is_refused(tiny_dataset):
+    with pytest.raises(ValueError, match="inside the source"):
+        prepare(tiny_dataset, tiny_dataset / "prepared", size=16)
+    assert not (tiny_dataset / "prepared").exists()
+
+
+def test_rerun_reuses_and_force_is_needed_for_a_different_dataset(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    prepare(tiny_dataset, out, size=16)
+    again = prepare(tiny_dataset, out, size=16)
+    assert again.reused
+    with pytest.raises(ValueError, match="--force"):
+        prepare(tiny_dataset, out, size=20)
+    assert read_dataset(out).image_size == 16
+    prepare(tiny_dataset, out, size=20, force=True)
+    assert read_dataset(out).image_size == 20
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_non_dataset_folder_is_never_replaced(tiny_dataset, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not empty"):
+        prepare(tiny_dataset, out, size=16, force=True)
+    assert (out / "thesis.txt").read_text() == "precious"
+
+
+def test_single_class_and_empty_folders_are_errors(tmp_path):
+    write_photos(tmp_path / "one" / "cats", "cat", 3, seed=1)
+    with pytest.raises(ValueError, match="one class"):
+        prepare(tmp_path / "one", tmp_path / "out", size=16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no photos"):
+        prepare(tmp_path / "empty", tmp_path / "out", size=16)
+    with pytest.raises(FileNotFoundError):
+        prepare(tmp_path / "missing", tmp_path / "out", size=16)
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicates_kept_once_and_label_conflicts_skipped(tiny_dataset, tmp_path):
+    data = (tiny_dataset / "cats" / "cat_0.jpg").read_bytes()
+    (tiny_dataset / "cats" / "copy.jpg").write_bytes(data)
+    other = (tiny_dataset / "cats" / "cat_1.jpg").read_bytes()
+    (tiny_dataset / "dogs" / "confused.jpg").write_bytes(other)
+    result = prepare(tiny_dataset, tmp_path / "out", size=16)
+    reasons = {Path(p).name: r for p, r in result.skipped}
+    assert reasons["copy.jpg"].startswith("duplicate of")
+    assert reasons["confused.jpg"].startswith("label conflict")
+    assert reasons["cat_1.jpg"].startswith("label conflict")
+    assert result.counts == {"cats": 11, "dogs": 12}
+
+
+def test_test_fraction_is_stratified_and_seeded(tiny_dataset, tmp_path):
+    prepare(tiny_dataset, tmp_path / "a", size=16, test_fraction=0.25)
+    prepare(tiny_dataset, tmp_path / "b", size=16, test_fraction=0.25)
+    a = pd.read_csv(tmp_path / "a" / "manifest.csv")
+    b = pd.read_csv(tmp_path / "b" / "manifest.csv")
+    assert (a["split"] == b["split"]).all()
+    assert a[a["split"] == "test"].groupby("class_name").size().to_dict() == {"cats": 3,
+                                                                               "dogs": 3}
+
+
+@pytest.mark.parametrize("policy", ["stretch", "crop", "pad"])
+def test_resize_policies_give_square_rgb(tmp_path, policy):
+    wide = np.zeros((20, 60, 3), np.uint8)
+    wide[:, :, 2] = 255  # red in BGR
+    path = tmp_path / "wide.png"
+    cv2.imwrite(str(path), wide)
+    image = load_image(path, 16, policy)
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+    if policy == "pad":
+        assert image[0, 0].tolist() == [0, 0, 0] and image[8, 8].tolist() == [255, 0, 0]
+    else:
+        assert (image[..., 0] == 255).all()
+
+
+def test_load_image_reasons(tmp_path):
+    (tmp_path / "x.jpg").write_bytes(os.urandom(100))
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(tmp_path / "x.jpg", 16)
+    cv2.imwrite(str(tmp_path / "tiny.png"), make_photo("cat", np.random.default_rng(0), size=4))
+    with pytest.raises(ImageError, match="too small"):
+        load_image(tmp_path / "tiny.png", 16)
+
+
+def test_prepare_cli_summary_and_errors(runner, tiny_dataset, tmp_path):
+    out = tmp_path / "prepared"
+    result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(out), "--size", "16"])
+    assert result.exit_code == 0, result.output
+    assert "Prepared 24 photos" in result.output and "cats" in result.output
+    result = runner.invoke(cli, ["prepare", str(tmp_path / "nope"), "--out", str(out)])
+    assert result.exit_code == 1 and "not found" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--size", "0"])
+    assert result.exit_code == 2
+
+
+def test_prepare_without_source_uses_builtin_sample(runner, tmp_path):
+    out = tmp_path / "prepared"
+    result = runner.invoke(cli, ["prepare", "--out", str(out), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "built-in sample" in result.output
+    assert read_dataset(out).info["counts"] == {"cats": 40, "dogs": 40}
