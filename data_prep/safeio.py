@@ -420,6 +420,8 @@ def output_lock(out: Path, *, create_parents: bool = True) -> Iterator[None]:
             handle = _acquire(lock, out)
         recover_output(out)
         yield
+    except OutputError:
+        raise
     except OSError as error:
         clear = describe_write_error(error, out)
         if clear is None:
