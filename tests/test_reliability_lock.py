@@ -196,3 +196,15 @@ def test_write_errors_about_inputs_keep_their_own_message(tmp_path):
     assert str(safeio.describe_write_error(output_error, out)) == (
         f"cannot write {out}: permission denied"
     )
+
+
+def test_out_inside_the_source_is_refused_before_anything_is_written_there(tmp_path,
+                                                                           two_sources):
+    from tests.reliability_support import tree_digest
+
+    first, _ = two_sources
+    before = tree_digest(first)
+    for out in (first / "prepared", first / "new" / "deeper" / "prepared"):
+        with pytest.raises(ValueError, match="is inside the source folder"):
+            prepare(first, out, 24)
+    assert tree_digest(first) == before  # not even a lock file or a parent folder
