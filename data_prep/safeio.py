@@ -410,15 +410,19 @@ def output_lock(out: Path, *, create_parents: bool = True) -> Iterator[None]:
     :func:`describe_write_error`.
     """
     out = Path(out)
-    created = _missing_parents(out) if create_parents else []
+    target = Path(os.path.abspath(out))  # so that "." or "a/.." still has a name and a parent
+    here = Path(os.getcwd())
+    if target == here or target in here.parents:
+        raise ValueError(f"--out {out} is the current folder or holds it; choose another --out")
+    created = _missing_parents(target) if create_parents else []
     handle = None
-    lock = lock_path(out)
+    lock = lock_path(target)
     try:
         for parent in reversed(created):
             os.mkdir(parent)
         if fcntl is not None:
             handle = _acquire(lock, out)
-        recover_output(out)
+        recover_output(target)
         yield
     except OutputError:
         raise
@@ -430,7 +434,7 @@ def output_lock(out: Path, *, create_parents: bool = True) -> Iterator[None]:
     finally:
         if handle is not None:
             _release(handle, lock)
-        if not os.path.lexists(out):
+        if not os.path.lexists(target):
             for parent in created:  # innermost first; stops at the first non-empty one
                 try:
                     os.rmdir(parent)

@@ -208,3 +208,15 @@ def test_out_inside_the_source_is_refused_before_anything_is_written_there(tmp_p
         with pytest.raises(ValueError, match="is inside the source folder"):
             prepare(first, out, 24)
     assert tree_digest(first) == before  # not even a lock file or a parent folder
+
+
+def test_out_that_is_or_holds_the_current_folder_is_refused(tmp_path, two_sources,
+                                                            monkeypatch):
+    first, _ = two_sources
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "..", str(here)):
+        with pytest.raises(ValueError, match="is the current folder or holds it"):
+            prepare(first, out, 24)
+    assert os.listdir(here) == []
