@@ -21,6 +21,8 @@ MAX_JSON_BYTES = 16 << 20  # model.json and the archive's config.json: far above
 # plain functions looked up by name (e.g. keras.models.load_model, the CVE-2025-9906 trick),
 # and layers that load other saved programs.
 UNSAFE_CLASS_NAMES = {"Lambda", "__lambda__", "function", "TFSMLayer", "TFOpLambda"}
+# Top-level packages a config may name: Keras, and catsdogs' own registered layers (if any).
+TRUSTED_MODULES = {"keras", "catsdogs"}
 
 
 @dataclass
@@ -89,7 +91,7 @@ def unsafe_objects(config: Any) -> str | None:
     """The first object of a .keras ``config.json`` that could run code, described; or None.
 
     Checked before Keras sees the file, on top of Keras' own safe mode: a Lambda layer or a
-    function reference anywhere, or a ``module`` outside Keras.
+    function reference anywhere, or a ``module`` outside Keras (and catsdogs).
     """
     stack = [config]
     while stack:
@@ -101,7 +103,7 @@ def unsafe_objects(config: Any) -> str | None:
                 return f"it contains {kind} (arbitrary code), refused in safe mode"
             module = item.get("module")
             if module is not None and (
-                not isinstance(module, str) or module.split(".")[0] != "keras"
+                not isinstance(module, str) or module.split(".")[0] not in TRUSTED_MODULES
             ):
                 return f"it refers to code outside Keras (module {module!r}), refused"
             stack.extend(item.values())

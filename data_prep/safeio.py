@@ -43,7 +43,6 @@ except ImportError:  # pragma: no cover - Windows: no locking, the rest still ap
 
 Function = TypeVar("Function", bound=Callable[..., Any])
 
-SIBLING_TAGS = ("tmp", "old")
 # errno values that mean "this output cannot be written here"; turned into one clear line.
 WRITE_ERRNOS = {
     errno.ENOSPC: "no space left on device",
