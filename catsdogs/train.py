@@ -74,6 +74,7 @@ def training_rows(dataset: PreparedDataset) -> np.ndarray:
     return np.arange(len(manifest))
 
 
+@safeio.locks_output("out")  # one writer per --out; see safeio
 def train(
     data: str | Path,
     out: str | Path,
@@ -119,6 +120,8 @@ def train(
         loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    # Weights + Adam state + archive overhead: refuse a too-full disk now, not after training.
+    safeio.check_free_space(out_path, 12 * model.count_params() + (64 << 10), "the model")
     device = describe_device()
     if on_start is not None:
         on_start(model, device)

@@ -110,6 +110,7 @@ def rewrite_npy_header(path: Path, shape: tuple[int, ...], header_length: int) -
         handle.write(prefix + room.to_bytes(2, "little") + text.encode("latin1"))
 
 
+@safeio.locks_output("out", not_inside="source")  # one writer per --out; see safeio
 def prepare(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -163,6 +164,7 @@ def prepare(
             shape=(len(found.files), size, size, 3),
         )
         header_length = images.offset
+        safeio.reserve_space(tmp / "images.npy")  # ENOSPC now, not SIGBUS mid-write
         rows: list[tuple[str, str, int, int]] = []
         skipped: list[tuple[str, str]] = []
         for index, (path, label) in enumerate(found.files):

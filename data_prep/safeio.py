@@ -1,16 +1,92 @@
-"""Writing folders and files whole or not at all: build aside, fsync, rename into place."""
+"""Writing folders and files whole or not at all: build aside, fsync, rename into place.
+
+Every writer of an output folder (``prepare``'s dataset, ``train``'s model) follows one
+protocol, so that a kill, a full disk or a second run at the same time never leaves a mix:
+
+1. :func:`output_lock` takes an exclusive ``flock`` on a hidden lock file beside the output
+   (``.prepared.lock``). A second writer of the same output is refused at once with one line
+   naming the holder's pid. The kernel drops the lock when its holder dies, even by SIGKILL,
+   so a lock is never stale.
+2. Holding the lock, :func:`recover_output` tidies what a killed run left: hidden siblings
+   named ``.<name>.tmp-<pid>-<hex>`` / ``.<name>.old-<pid>-<hex>`` of dead processes are
+   removed, and if the output itself is missing while a complete ``.old-`` sibling exists
+   (a kill between the two renames of the portable fallback) that old folder is put back.
+3. The new output is built in a hidden ``.tmp-`` sibling, flushed, and published by
+   :func:`publish_folder`: on Linux with one atomic ``renameat2(RENAME_EXCHANGE)`` swap, so at
+   every instant the output path holds either the complete old folder or the complete new
+   one; elsewhere with rename-aside + rename-in, which step 2 repairs after a kill.
+4. An ``OSError`` that means "cannot write here" (no space, read-only, permission, a file in
+   the way) is turned into one line naming the output (:class:`OutputError`), after the
+   hidden folder and any parent folders created for it have been removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import functools
+import inspect
 import os
+import re
 import shutil
+import signal
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no locking, the rest still applies
+    fcntl = None  # type: ignore[assignment]
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+# errno values that mean "this output cannot be written here"; turned into one clear line.
+WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a parent path is a file, not a folder",
+    errno.EFBIG: "file too large for this file system",
+}
+
+
+class OutputBusyError(ValueError):
+    """Another process is writing the same output folder right now."""
+
+
+class OutputError(OSError):
+    """An output could not be written; ``str()`` is the one line to show."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
-    """A fresh hidden path beside ``path`` (same filesystem, so a rename is atomic)."""
+    """A fresh hidden path beside ``path`` (same filesystem, so a rename is atomic).
+
+    The name carries the pid of the writer, so leftovers of dead processes can be recognised
+    (:func:`stale_siblings`).
+    """
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def failpoint(name: str) -> None:
+    """Test hook: SIGKILL this process at the named moment when ``CATSDOGS_FAILPOINT=name``.
+
+    Lets tests kill a writer exactly inside a microsecond-wide window (between two renames)
+    that random timing would almost never hit.
+    """
+    if os.environ.get("CATSDOGS_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_path(path: Path) -> None:
@@ -30,6 +106,47 @@ def fsync_tree(folder: Path) -> None:
     fsync_path(folder)
 
 
+def reserve_space(path: Path) -> None:
+    """Allocate the blocks of the (sparse) file ``path`` now.
+
+    A memory-mapped file written on a full disk kills the process with SIGBUS; reserving its
+    blocks first turns that into an ``OSError(ENOSPC)`` raised here, which is caught and
+    reported. Filesystems without ``fallocate`` are left as they are.
+    """
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - macOS, Windows
+        return
+    handle = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(handle).st_size
+        if size:
+            try:
+                os.posix_fallocate(handle, 0, size)
+            except OSError as error:
+                if error.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                    return
+                raise OSError(error.errno, os.strerror(error.errno), str(path)) from None
+    finally:
+        os.close(handle)
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / (1 << 20):.1f} MB"
+
+
+def check_free_space(out: Path, needed: int, what: str = "the output") -> None:
+    """Refuse early, with one line, when the filesystem of ``out`` has less than ``needed``
+    bytes free: better before hours of training than when saving its result."""
+    place = next((p for p in [out.parent, *out.parent.parents] if p.is_dir()), Path("."))
+    free = shutil.disk_usage(place).free
+    if free < needed:
+        raise OutputError(
+            errno.ENOSPC,
+            f"No space left on device: {out} needs about {_megabytes(needed)} for {what}, "
+            f"{_megabytes(free)} free (nothing was written; free some space or choose "
+            "another --out)",
+        )
+
+
 def replace_file(tmp: Path, final: Path) -> None:
     """Flush ``tmp`` and rename it over ``final``."""
     fsync_path(tmp)
@@ -46,19 +163,308 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+# --- atomic swap -------------------------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2() -> Any:
+    if os.environ.get("CATSDOGS_NO_RENAME_EXCHANGE"):  # test hook: force the fallback path
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28 / not Linux
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the system or filesystem cannot do it; raises OSError otherwise.
+    """
+    function = _renameat2()
+    if function is None:
+        return False
+    result = function(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                      _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 def publish_folder(tmp: Path, out: Path) -> None:
     """Move the complete folder ``tmp`` to ``out``, replacing what is there.
 
     The caller has already decided that ``out`` may be replaced (it is empty, or it is an
-    output of ours and ``--force`` was given). The old folder is first renamed aside and
-    removed only once the new one is in place.
+    output of ours and ``--force`` was given), and holds :func:`output_lock`. With an atomic
+    exchange ``out`` is never missing; with the fallback the old folder is renamed aside and
+    removed only once the new one is in place (:func:`recover_output` puts it back after a
+    kill in between).
     """
     fsync_tree(tmp)
-    if out.exists():
+    failpoint("publish:before")
+    if os.path.lexists(out):
+        if exchange(tmp, out):
+            fsync_path(out.parent)
+            failpoint("publish:swapped")
+            shutil.rmtree(tmp, ignore_errors=True)  # ``tmp`` now holds the old folder
+            return
         old = temporary_sibling(out, "old")
         os.rename(out, old)
+        failpoint("publish:aside")
         os.rename(tmp, out)
+        fsync_path(out.parent)
+        failpoint("publish:renamed")
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
     fsync_path(out.parent)
+
+
+# --- leftovers of killed runs ------------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers: we hold the lock, so nothing of ours is in flight
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped is a zombie: dead for our purposes
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def stale_siblings(out: Path) -> list[tuple[str, Path]]:
+    """Hidden ``.tmp-``/``.old-`` siblings of ``out`` left by processes that are gone:
+    ``(tag, path)``, newest first."""
+    pattern = re.compile(
+        r"^\." + re.escape(out.name) + r"\.(?P<tag>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$"
+    )
+    found: list[tuple[float, str, Path]] = []
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return []
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and not _pid_alive(int(match["pid"])):
+            try:
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            found.append((mtime, match["tag"], Path(entry.path)))
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [(tag, path) for _, tag, path in found]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def recover_output(out: Path) -> list[str]:
+    """Repair what killed writers of ``out`` left; the caller holds :func:`output_lock`.
+
+    If ``out`` is missing and a complete ``.old-`` sibling exists (published earlier, renamed
+    aside by a run killed before its new folder went in), it is renamed back. Every other
+    stale sibling is removed. Returns one line per action, for tests and debugging.
+    """
+    actions: list[str] = []
+    leftovers = stale_siblings(out)
+    if not os.path.lexists(out):
+        for tag, path in leftovers:
+            if tag == "old":
+                os.rename(path, out)
+                fsync_path(out.parent)
+                actions.append(f"restored {out} from {path.name}")
+                leftovers.remove((tag, path))
+                break
+    for _, path in leftovers:
+        _remove(path)
+        actions.append(f"removed {path.name}")
+    return actions
+
+
+def restore_interrupted(out: Path) -> None:
+    """For readers: if ``out`` is missing because a writer was killed mid-publish, put the
+    old folder back. Does nothing when another process is writing ``out`` right now or when
+    the folder cannot be written."""
+    if os.path.lexists(out) or not os.path.isdir(out.parent):
+        return
+    if not any(tag == "old" for tag, _ in stale_siblings(out)):
+        return
+    with contextlib.suppress(OSError, ValueError), output_lock(out, create_parents=False):
+        pass  # output_lock runs recover_output once it holds the lock
+
+
+# --- the lock ----------------------------------------------------------------------------
+
+def _missing_parents(out: Path) -> list[Path]:
+    missing = []
+    for parent in [out.parent, *out.parent.parents]:
+        if os.path.lexists(parent):
+            break
+        missing.append(parent)
+    return missing
+
+
+def _acquire(path: Path, out: Path) -> int:
+    """Open and ``flock`` ``path``; refuse at once if another process holds it."""
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(handle, 32).decode("ascii", "replace").strip()
+            except OSError:
+                holder = ""
+            os.close(handle)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise OutputBusyError(
+                f"{out} is being written by another catsdogs process{who}; wait for it to "
+                "finish or choose another --out"
+            ) from None
+        except BaseException:
+            os.close(handle)
+            raise
+        # The previous holder unlinks the file as it releases: make sure we locked the file
+        # that is still at ``path``, not an unlinked one.
+        try:
+            same = os.path.samestat(os.fstat(handle), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(handle)
+    with contextlib.suppress(OSError):
+        os.ftruncate(handle, 0)
+        os.write(handle, f"{os.getpid()}\n".encode())
+    return handle
+
+
+def _release(handle: int, path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # while still holding the lock; see _acquire
+    os.close(handle)
+
+
+def _is_output_path(path: Path, out: Path) -> bool:
+    """Is ``path`` the output, inside it, one of its hidden siblings, or one of its parents?"""
+    path, out = Path(os.path.abspath(path)), Path(os.path.abspath(out))
+    if path == out or out in path.parents or path in out.parents:
+        return True
+    top = next((p for p in [path, *path.parents] if p.parent == out.parent), None)
+    return top is not None and top.name.startswith(f".{out.name}.")
+
+
+def describe_write_error(error: OSError, out: Path) -> OutputError | None:
+    """One clear line for an OSError that means ``out`` cannot be written, else None.
+
+    Only errors about the output (no file name, or a path beside or inside ``out``) are
+    rewritten; an error about an input file keeps its own message.
+    """
+    if error.errno not in WRITE_ERRNOS:
+        return None
+    if error.filename is not None and not _is_output_path(Path(os.fsdecode(error.filename)), out):
+        return None
+    reason = WRITE_ERRNOS[error.errno]
+    if error.errno == errno.ENOTDIR:
+        blocker = next((p for p in [out.parent, *out.parent.parents] if os.path.lexists(p)),
+                       None)
+        if blocker is not None and not blocker.is_dir():
+            reason = f"{blocker} is a file, not a folder"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        message = (f"{os.strerror(error.errno)}: {out} (nothing was written; free some "
+                   "space or choose another --out)")
+    else:
+        message = f"cannot write {out}: {reason}"
+    return OutputError(error.errno, message)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, *, create_parents: bool = True) -> Iterator[None]:
+    """Hold the exclusive write lock of the output folder ``out`` for the ``with`` body.
+
+    Creates missing parent folders (removed again if the body fails), refuses with
+    :class:`OutputBusyError` when another process holds the lock, then repairs leftovers of
+    killed runs (:func:`recover_output`). Write errors are reported by
+    :func:`describe_write_error`.
+    """
+    out = Path(out)
+    target = Path(os.path.abspath(out))  # so that "." or "a/.." still has a name and a parent
+    here = Path(os.getcwd())
+    if target == here or target in here.parents:
+        raise ValueError(f"--out {out} is the current folder or holds it; choose another --out")
+    created = _missing_parents(target) if create_parents else []
+    handle = None
+    lock = lock_path(target)
+    try:
+        for parent in reversed(created):
+            os.mkdir(parent)
+        if fcntl is not None:
+            handle = _acquire(lock, out)
+        recover_output(target)
+        yield
+    except OutputError:
+        raise
+    except OSError as error:
+        clear = describe_write_error(error, out)
+        if clear is None:
+            raise
+        raise clear from None
+    finally:
+        if handle is not None:
+            _release(handle, lock)
+        if not os.path.lexists(target):
+            for parent in created:  # innermost first; stops at the first non-empty one
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    break
+
+
+def locks_output(parameter: str, *, not_inside: str | None = None
+                 ) -> Callable[[Function], Function]:
+    """Decorator: run the function under :func:`output_lock` of its argument ``parameter``.
+
+    With ``not_inside``, an output inside the folder given by that argument (the source) is
+    refused before anything, even a lock file, is written there.
+    """
+
+    def decorate(function: Function) -> Function:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            out = Path(bound.arguments[parameter])
+            if not_inside is not None and not_inside in bound.arguments:
+                source = Path(bound.arguments[not_inside])
+                if out.resolve().is_relative_to(source.resolve()):
+                    raise ValueError(
+                        f"--out {out} is inside the source folder; choose another place"
+                    )
+            with output_lock(out):
+                return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from data_prep import safeio
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -75,6 +77,8 @@ def read_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
 
     root = Path(path)
     if not root.is_dir():
+        safeio.restore_interrupted(root)  # a writer killed mid-publish left it aside
+    if not root.is_dir():
         raise FileNotFoundError(
             f"no prepared dataset at {root}: run 'catsdogs prepare' first"
         )
@@ -83,12 +87,14 @@ def read_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
     try:
         info = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
         manifest = pd.read_csv(root / "manifest.csv", keep_default_na=False)
-        images = np.load(root / "images.npy", mmap_mode="r")
-    except (OSError, ValueError) as error:
+        images = np.load(root / "images.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, RecursionError) as error:
         raise ValueError(f"broken prepared dataset at {root}: {error}") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ValueError(f"{root}/dataset.json is not a {FORMAT} file")
-    size = int(info["image_size"])
+    size = info.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"{root}/dataset.json: 'image_size' must be a whole number")
     if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
         raise ValueError(f"{root}/images.npy does not hold {size}x{size} RGB uint8 images")
     if len(manifest) != len(images):

@@ -1,0 +1,222 @@
+"""Two writers of one --out, and the repair of what killed writers leave behind (#6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from catsdogs.cli import cli
+from data_prep import safeio
+from data_prep.prepare import prepare
+from data_prep.store import read_dataset
+from tests.conftest import TINY_MODEL, write_photos
+from tests.reliability_support import (
+    dataset_digest,
+    hidden_siblings,
+    one_error_line,
+    run_cli,
+    start_cli,
+)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.fixture
+def two_sources(tmp_path: Path) -> tuple[Path, Path]:
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_photos(first / "cats", "cat", 6, seed=1)
+    write_photos(first / "dogs", "dog", 6, seed=2)
+    write_photos(second / "cats", "cat", 60, seed=3)
+    write_photos(second / "dogs", "dog", 60, seed=4)
+    return first, second
+
+
+def test_prepare_refused_while_another_writer_holds_the_lock(tmp_path, two_sources):
+    first, _ = two_sources
+    out = tmp_path / "work" / "prepared"
+    with safeio.output_lock(out):
+        assert (out.parent / ".prepared.lock").read_text().strip() == str(os.getpid())
+        done = run_cli("prepare", str(first), "--out", str(out), "--size", "24")
+        assert done.returncode == 1
+        line = one_error_line(done.stderr)
+        assert line == (f"Error: {out} is being written by another catsdogs process "
+                        f"(pid {os.getpid()}); wait for it to finish or choose another --out")
+        assert not out.exists()
+    # The lock is gone with its holder, and the parent folder it created too.
+    assert not (tmp_path / "work").exists()
+    prepare(first, out, 24)
+    assert hidden_siblings(out.parent) == []
+
+
+def test_train_refused_while_another_writer_holds_the_lock(runner, trained_model, tmp_path):
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(trained_model, model)
+    before = {name.name: name.read_bytes() for name in model.iterdir()}
+    with safeio.output_lock(model):
+        result = runner.invoke(cli, ["train", "--data", str(trained_model.parent / "prepared"),
+                                     "--out", str(model), "--force", *TINY_MODEL])
+    assert result.exit_code == 1
+    assert "is being written by another catsdogs process" in result.output
+    assert "Model:" not in result.output  # refused before building anything
+    assert {name.name: name.read_bytes() for name in model.iterdir()} == before
+    assert hidden_siblings(tmp_path) == []
+
+
+def test_two_prepares_at_once_never_corrupt_each_other(tmp_path, two_sources):
+    first, second = two_sources
+    references = {}
+    for source in (first, second):
+        prepare(source, tmp_path / f"ref-{source.name}", 24)
+        references[dataset_digest(tmp_path / f"ref-{source.name}")] = source.name
+    out = tmp_path / "prepared"
+    outcomes = []
+    for _ in range(3):
+        children = [start_cli("prepare", str(source), "--out", str(out), "--size", "24",
+                              "--force") for source in (second, first)]
+        for child in children:
+            _, stderr = child.communicate(timeout=120)
+            if child.returncode == 0:
+                outcomes.append("ok")
+            else:
+                assert child.returncode == 1, stderr
+                assert "is being written by another catsdogs process" in one_error_line(stderr)
+                outcomes.append("refused")
+        # Whatever the interleaving: one complete dataset, exactly one of the two.
+        read_dataset(out)
+        assert dataset_digest(out) in references
+        assert hidden_siblings(tmp_path) == []
+    assert outcomes.count("ok") >= 3
+
+
+def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
+    out = tmp_path / "prepared"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from data_prep.safeio import output_lock\n"
+         f"with output_lock(Path({str(out)!r})):\n"
+         "    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(safeio.OutputBusyError, match=f"pid {holder.pid}"):
+            with safeio.output_lock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with safeio.output_lock(out):  # SIGKILL released it: no stale lock
+        pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_exchange_swaps_two_folders(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "name").write_text("a")
+    (second / "name").write_text("b")
+    if not safeio.exchange(first, second):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    assert (first / "name").read_text() == "b" and (second / "name").read_text() == "a"
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_publish_replaces_a_folder_whole(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setenv("CATSDOGS_NO_RENAME_EXCHANGE", "1")
+    out, tmp = tmp_path / "out", tmp_path / ".out.tmp-1-00000000"
+    out.mkdir()
+    (out / "old").write_text("old")
+    tmp.mkdir()
+    (tmp / "new").write_text("new")
+    safeio.publish_folder(tmp, out)
+    assert os.listdir(out) == ["new"] and os.listdir(tmp_path) == ["out"]
+
+
+def test_recovery_restores_a_folder_left_aside_and_removes_leftovers(tmp_path):
+    out = tmp_path / "prepared"
+    pid = dead_pid()
+    aside = tmp_path / f".prepared.old-{pid}-0123abcd"
+    aside.mkdir()
+    (aside / "dataset.json").write_text("{}")
+    half_built = tmp_path / f".prepared.tmp-{pid}-89abcdef"
+    half_built.mkdir()
+    (half_built / "images.npy").write_bytes(b"partial")
+    alive = tmp_path / f".prepared.tmp-{os.getppid()}-00000000"  # a live writer's: kept
+    alive.mkdir()
+    other = tmp_path / f".other.tmp-{pid}-00000000"  # another output's: not ours to touch
+    other.mkdir()
+    actions = safeio.recover_output(out)
+    assert actions == [f"restored {out} from {aside.name}", f"removed {half_built.name}"]
+    assert (out / "dataset.json").read_text() == "{}"
+    assert sorted(os.listdir(tmp_path)) == sorted(["prepared", alive.name, other.name])
+
+
+def test_reader_restores_a_dataset_left_aside(tmp_path, two_sources):
+    first, _ = two_sources
+    out = tmp_path / "prepared"
+    prepare(first, out, 24)
+    expected = dataset_digest(out)
+    os.rename(out, tmp_path / f".prepared.old-{dead_pid()}-0123abcd")
+    dataset = read_dataset(out)  # what train does first
+    assert dataset_digest(out) == expected and len(dataset.images) == 12
+    assert hidden_siblings(tmp_path) == []
+
+
+def test_reader_restores_a_model_left_aside(tmp_path, trained_model):
+    import shutil
+
+    from catsdogs.bundle import read_model_info
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, tmp_path / f".model.old-{dead_pid()}-0123abcd")
+    info = read_model_info(model)
+    assert info.classes == ["cats", "dogs"]
+    assert json.loads((model / "model.json").read_text())["image_size"] == 24
+
+
+def test_write_errors_about_inputs_keep_their_own_message(tmp_path):
+    out = tmp_path / "out" / "prepared"
+    source_error = PermissionError(13, "Permission denied", str(tmp_path / "photos" / "a.jpg"))
+    assert safeio.describe_write_error(source_error, out) is None
+    output_error = PermissionError(13, "Permission denied", str(out.parent / ".prepared.lock"))
+    assert str(safeio.describe_write_error(output_error, out)) == (
+        f"cannot write {out}: permission denied"
+    )
+
+
+def test_out_inside_the_source_is_refused_before_anything_is_written_there(tmp_path,
+                                                                           two_sources):
+    from tests.reliability_support import tree_digest
+
+    first, _ = two_sources
+    before = tree_digest(first)
+    for out in (first / "prepared", first / "new" / "deeper" / "prepared"):
+        with pytest.raises(ValueError, match="is inside the source folder"):
+            prepare(first, out, 24)
+    assert tree_digest(first) == before  # not even a lock file or a parent folder
+
+
+def test_out_that_is_or_holds_the_current_folder_is_refused(tmp_path, two_sources,
+                                                            monkeypatch):
+    first, _ = two_sources
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "..", str(here)):
+        with pytest.raises(ValueError, match="is the current folder or holds it"):
+            prepare(first, out, 24)
+    assert os.listdir(here) == []
