@@ -5,10 +5,10 @@ A prepared dataset is a folder::
     images.npy     uint8 array (N, size, size, 3), RGB, loadable with np.load(mmap_mode="r")
     manifest.csv   one row per image in images.npy, in the same order:
                    index, path, label, class_name, width, height, split
-    skipped.csv    path, reason: every candidate file that was not used
+    skipped.csv    path, reason, detail: every candidate file that was not used
     dataset.json   format, image_size, resize_policy, channel_order, dtype, classes,
-                   counts, num_images, num_skipped, skipped_by_reason, source, layout,
-                   catsdogs_version
+                   counts, num_images, num_test, num_skipped, skipped_by_reason,
+                   test_fraction, seed, source, layout, fingerprint, catsdogs_version
 
 It is built in a hidden temporary folder beside the destination and renamed into place only
 when complete, so an interrupted run never leaves something ``train`` would accept.
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 FORMAT = "catsdogs-dataset/1"
 MANIFEST_COLUMNS = ["index", "path", "label", "class_name", "width", "height", "split"]
-SKIPPED_COLUMNS = ["path", "reason"]
+SKIPPED_COLUMNS = ["path", "reason", "detail"]
 
 
 @dataclass
@@ -49,11 +49,13 @@ class PreparedDataset:
     def image_size(self) -> int:
         return int(self.info["image_size"])
 
-    def skipped_rows(self) -> list[tuple[str, str]]:
+    def skipped_rows(self) -> list[tuple[str, str, str]]:
+        """(path, reason, detail) for every skipped file (detail is "" in older datasets)."""
         import pandas as pd
 
-        frame = pd.read_csv(self.path / "skipped.csv", keep_default_na=False)
-        return list(zip(frame["path"].astype(str), frame["reason"].astype(str), strict=True))
+        frame = pd.read_csv(self.path / "skipped.csv", keep_default_na=False, dtype=str)
+        details = frame["detail"] if "detail" in frame else [""] * len(frame)
+        return list(zip(frame["path"], frame["reason"], details, strict=True))
 
 
 def package_version() -> str:
