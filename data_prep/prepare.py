@@ -97,20 +97,22 @@ def fingerprint(files: list[tuple[Path, str]], size: int, policy: str,
 # The work done on each file, in a worker process (or in this one with workers=1).
 
 class Checked(NamedTuple):
-    digest: bytes | None  # blake2b of the bytes; None when the file cannot be used
-    reason: str
+    reason: str  # "" when the file looks usable
     detail: str
+    digest: bytes | None  # blake2b of the bytes, when asked for and usable
 
 
-def check_file(path: str) -> Checked:
-    """Pass 1: read, hash and check the header of one file, without decoding it."""
+def check_file(path: str, want_digest: bool = True) -> Checked:
+    """Pass 1: read one file, check its header (format, size, truncation) without decoding
+    it, and hash it when ``want_digest`` (only files whose byte size another file shares
+    can be duplicates, so only those need hashing)."""
     try:
         data = read_bytes(path)
-        digest = hashlib.blake2b(data, digest_size=16).digest()
         check_size(read_header(data))
     except ImageError as error:
-        return Checked(None, error.reason, error.detail)
-    return Checked(digest, "", "")
+        return Checked(error.reason, error.detail, None)
+    return Checked("", "", hashlib.blake2b(data, digest_size=16).digest() if want_digest
+                   else None)
 
 
 class Written(NamedTuple):
@@ -163,6 +165,15 @@ def _init_worker() -> None:
     os.close(devnull)
 
 
+def start_method() -> str:
+    """How to start worker processes: never ``fork``. OpenCV's thread pool (used by
+    cv2.resize in this process) and the threads of TensorFlow and friends do not survive a
+    fork: the children deadlock. ``forkserver`` starts one clean process that imports
+    OpenCV once and forks the workers from it; ``spawn`` where there is none."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 class Workers:
     """Runs per-file work in ``count`` processes (or in this process when ``count`` is 1),
     yielding results as they come, so progress can be reported."""
@@ -171,9 +182,7 @@ class Workers:
         self.count = count
         self.pool: ProcessPoolExecutor | None = None
         if count > 1:
-            methods = multiprocessing.get_all_start_methods()
-            # Never fork: the caller may have threads (TensorFlow, a GUI) that fork breaks.
-            method = "forkserver" if "forkserver" in methods else "spawn"
+            method = start_method()
             context = multiprocessing.get_context(method)
             if method == "forkserver":
                 context.set_forkserver_preload(["data_prep.images"])
@@ -361,11 +370,15 @@ def prepare(
                 done += 1
                 report("checking", done, len(files))
 
-            pool.run(_check_indexed, [(i, str(path)) for i, (path, _) in enumerate(files)],
+            sizes_in_bytes = [_byte_size(path) for path, _ in files]
+            shared = {n for n, k in Counter(sizes_in_bytes).items() if k > 1}
+            pool.run(_check_indexed,
+                     [(i, str(path), sizes_in_bytes[i] in shared)
+                      for i, (path, _) in enumerate(files)],
                      on_checked)
             skips: dict[int, Skip] = {
                 i: Skip(str(files[i][0]), c.reason, c.detail)
-                for i, c in enumerate(checked) if c is not None and c.digest is None
+                for i, c in enumerate(checked) if c is not None and c.reason
             }
             skips.update(plan_duplicates(files, [c.digest if c else None for c in checked]))
             slot_of = {i: slot for slot, i in
@@ -423,30 +436,29 @@ def prepare(
     return result
 
 
-def _check_indexed(index: int, path: str) -> tuple[int, Checked]:
-    return index, check_file(path)
+def _check_indexed(index: int, path: str, want_digest: bool) -> tuple[int, Checked]:
+    return index, check_file(path, want_digest)
+
+
+def _byte_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip],
            classes: list[str], size: int, policy: str, layout: str, source: Path,
            digest: str, test_fraction: float, seed: int) -> PrepareResult:
-    import pandas as pd
-
     label_of = {name: i for i, name in enumerate(classes)}
     labels = np.array([label_of[label] for _, label, _, _ in rows])
-    manifest = pd.DataFrame({
-        "index": np.arange(len(rows)),
-        "path": [path for path, _, _, _ in rows],
-        "label": labels,
-        "class_name": [label for _, label, _, _ in rows],
-        "width": [w for _, _, w, _ in rows],
-        "height": [h for _, _, _, h in rows],
-        "split": split_column(labels, test_fraction, seed),
-    })
-    skipped_frame = pd.DataFrame(skipped, columns=store.SKIPPED_COLUMNS)
-    counts = {name: int((manifest["class_name"] == name).sum()) for name in classes}
-    result = PrepareResult(tmp, classes, counts, skipped,
-                           test_count=int((manifest["split"] == "test").sum()))
+    split = split_column(labels, test_fraction, seed)
+    manifest = ((index, path, label_of[name], name, width, height, split[index])
+                for index, (path, name, width, height) in enumerate(rows))
+    counts = dict.fromkeys(classes, 0)
+    for _, name, _, _ in rows:
+        counts[name] += 1
+    result = PrepareResult(tmp, classes, counts, skipped, test_count=split.count("test"))
     info = {
         "format": store.FORMAT,
         "image_size": size,
@@ -466,5 +478,5 @@ def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip]
         "fingerprint": digest,
         "catsdogs_version": store.package_version(),
     }
-    store.write_tables(tmp, manifest, skipped_frame, info)
+    store.write_tables(tmp, manifest, skipped, info)
     return result

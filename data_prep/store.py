@@ -16,8 +16,10 @@ when complete, so an interrupted run never leaves something ``train`` would acce
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,8 +122,15 @@ def check_destination(out: Path, force: bool) -> None:
         )
 
 
-def write_tables(folder: Path, manifest: pd.DataFrame, skipped: pd.DataFrame,
-                 info: dict[str, Any]) -> None:
-    manifest.to_csv(folder / "manifest.csv", index=False, columns=MANIFEST_COLUMNS)
-    skipped.to_csv(folder / "skipped.csv", index=False, columns=SKIPPED_COLUMNS)
+def write_tables(folder: Path, manifest: Iterable[Sequence[Any]],
+                 skipped: Iterable[Sequence[Any]], info: dict[str, Any]) -> None:
+    """Write manifest.csv (rows in MANIFEST_COLUMNS order), skipped.csv (rows in
+    SKIPPED_COLUMNS order) and dataset.json into ``folder``. Plain ``csv``: no pandas import
+    on the way out."""
+    for name, columns, rows in (("manifest.csv", MANIFEST_COLUMNS, manifest),
+                                ("skipped.csv", SKIPPED_COLUMNS, skipped)):
+        with open(folder / name, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows(rows)
     (folder / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
