@@ -92,6 +92,7 @@ def measure(method: str, size: int, source: Path, workers: int | None = None) ->
                                text=True)
     root = psutil.Process(process.pid)
     peak = 0
+    cpu: dict[int, float] = {}  # pid -> user + system seconds, last seen
     while process.poll() is None:
         total = 0
         try:
@@ -100,7 +101,10 @@ def measure(method: str, size: int, source: Path, workers: int | None = None) ->
             break
         for member in members:
             try:
-                total += member.memory_info().rss
+                with member.oneshot():
+                    total += member.memory_info().rss
+                    times = member.cpu_times()
+                    cpu[member.pid] = times.user + times.system
             except psutil.NoSuchProcess:
                 pass
         peak = max(peak, total)
@@ -110,6 +114,7 @@ def measure(method: str, size: int, source: Path, workers: int | None = None) ->
         raise SystemExit(f"{method} {size} failed:\n{stderr[-3000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_mb"] = peak / 2**20
+    result["cpu_seconds"] = sum(cpu.values())  # whole run, imports included
     result["per_second"] = result["images"] / result["seconds"]
     return result
 
@@ -197,6 +202,7 @@ def main() -> None:
     parser.add_argument("--big-count", type=int, default=20_000)
     parser.add_argument("--no-big", action="store_true")
     parser.add_argument("--quality", action="store_true", help="only the pixel comparison")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.size, args.source, args.workers)
@@ -209,26 +215,36 @@ def main() -> None:
 
     print(f"machine: {machine()}", flush=True)
     methods = ["prepare", "serial"] + ([] if args.no_keras else ["keras"])
-    rows = []
     for size in args.sizes:
+        runs: dict[str, list[dict]] = {m: [] for m in methods}
+        for _ in range(args.repeat):  # interleaved, so load changes hit every method alike
+            for method in methods:
+                result = measure(method, size, args.source)
+                runs[method].append(result)
+                print(f"  {size:>4} px  {method:<8} {result['seconds']:7.2f} s  "
+                      f"{result['per_second']:6.0f} images/s  peak {result['peak_mb']:5.0f} MB"
+                      f"  CPU {result['cpu_seconds']:6.1f} s (with imports)", flush=True)
+        best = {}
         for method in methods:
-            result = measure(method, size, args.source)
-            rows.append(result)
-            print(f"{size:>4} px  {method:<8} {result['images']:>6} images  "
-                  f"{result['seconds']:7.2f} s  {result['per_second']:8.0f} images/s  "
-                  f"peak {result['peak_mb']:7.0f} MB", flush=True)
-        by = {r["method"]: r for r in rows if r["size"] == size}
+            times = sorted(r["seconds"] for r in runs[method])
+            images = runs[method][0]["images"]
+            best[method] = images / times[0]
+            print(f"{size:>4} px  {method:<8} {images:>6} images  best {times[0]:6.2f} s "
+                  f"median {times[len(times) // 2]:6.2f} s  {best[method]:6.0f} images/s "
+                  f"(best)  peak {max(r['peak_mb'] for r in runs[method]):5.0f} MB", flush=True)
         for other in methods[1:]:
-            print(f"{size:>4} px  prepare / {other}: "
-                  f"{by['prepare']['per_second'] / by[other]['per_second']:.2f}x", flush=True)
+            print(f"{size:>4} px  prepare / {other}: {best['prepare'] / best[other]:.2f}x "
+                  "(best runs)", flush=True)
     if not args.no_big:
         started = time.perf_counter()
         big = make_big(args.source, args.big_folder, args.big_count)
         print(f"{args.big_count:,} photos in {big} ready in {time.perf_counter() - started:.0f} s",
               flush=True)
-        small = measure("prepare", 128, args.source)
-        large = measure("prepare", 128, big)
-        for result in (small, large):
+        small = max((measure("prepare", 128, args.source) for _ in range(args.repeat)),
+                    key=lambda r: r["peak_mb"])
+        large = max((measure("prepare", 128, big) for _ in range(args.repeat)),
+                    key=lambda r: r["peak_mb"])
+        for result in (small, large):  # the run with the highest peak, of each
             print(f" 128 px  prepare  {result['images']:>6} images  {result['seconds']:7.2f} s  "
                   f"{result['per_second']:8.0f} images/s  peak {result['peak_mb']:7.0f} MB",
                   flush=True)

@@ -15,7 +15,8 @@ What happens to a file, in order:
    and then resized exactly; its EXIF orientation is applied;
 4. other formats are decoded as stored: grey becomes RGB, 16-bit becomes 8-bit, and an alpha
    channel is composited over **white** (how a viewer shows a transparent picture);
-5. the RGB image is resized to N×N following the resize policy.
+5. the RGB image is resized to N×N following the resize policy: ``INTER_AREA`` when
+   shrinking 2× or more, ``INTER_LINEAR`` when shrinking less, ``INTER_CUBIC`` when enlarging.
 """
 
 from __future__ import annotations
@@ -335,14 +336,25 @@ def decode(data: bytes, size: int | None = None, policy: str = "stretch"
     return image, width, height
 
 
+def interpolation_for(width: int, height: int, target: tuple[int, int]) -> int:
+    """``INTER_AREA`` when shrinking by 2× or more on a side (averages every source pixel:
+    no aliasing), ``INTER_LINEAR`` when shrinking by less (each output pixel already blends
+    the 2×2 source pixels around it; four times faster than INTER_AREA at these ratios, and
+    the usual case after a reduced JPEG decode), ``INTER_CUBIC`` when enlarging."""
+    if target[0] > width or target[1] > height:
+        return cv2.INTER_CUBIC
+    if width >= 2 * target[0] or height >= 2 * target[1]:
+        return cv2.INTER_AREA
+    return cv2.INTER_LINEAR
+
+
 def resize(image: np.ndarray, size: int, policy: str = "stretch") -> np.ndarray:
     """Resize an RGB array to ``size``×``size`` following ``policy`` (see RESIZE_POLICIES)."""
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy {policy!r}; choose from {RESIZE_POLICIES}")
     height, width = image.shape[:2]
     target = target_shape(width, height, size, policy)
-    shrinking = target[0] <= width and target[1] <= height
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+    interpolation = interpolation_for(width, height, target)
     resized = cv2.resize(image, target, interpolation=interpolation)
     if policy == "crop":
         top = (resized.shape[0] - size) // 2

@@ -2,14 +2,16 @@
 
 Two passes over the candidate files, each spread over ``workers`` processes:
 
-1. **check**: read each file, hash its bytes (exact duplicates, label conflicts) and read its
-   header (format, size, truncation, decompression bombs) without decoding it;
-2. **resize**: each file that passed gets a row ("slot") of ``images.npy``, in discovery
-   order; workers decode and resize it and write it straight into its row of the file.
+1. **check**: files whose byte size another file shares are hashed (only those can be exact
+   duplicates); later copies are skipped, and the same bytes under two classes is a label
+   conflict;
+2. **resize**: every other file gets a row ("slot") of ``images.npy``, in discovery order;
+   a worker reads the file once, checks its header (format, size, truncation, decompression
+   bombs), decodes and resizes it and writes it straight into its row of the file.
 
 No list of images is ever held in memory, so peak memory does not grow with the number of
-photos, and the output is the same whatever the number of workers. A file that passes the
-check but fails to decode leaves a hole that is closed at the end by moving later rows up.
+photos, and the output is the same whatever the number of workers. A file that turns out
+unusable leaves its row empty; at the end, later rows are moved up to close such holes.
 """
 
 from __future__ import annotations
@@ -35,10 +37,8 @@ from data_prep.images import (
     MIN_SIDE,
     RESIZE_POLICIES,
     ImageError,
-    check_size,
     photo_from_bytes,
     read_bytes,
-    read_header,
 )
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -67,6 +67,7 @@ class PrepareResult:
     reused: bool = False
     test_count: int = 0
     workers: int = 1
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -96,23 +97,16 @@ def fingerprint(files: list[tuple[Path, str]], size: int, policy: str,
 # ---------------------------------------------------------------------------------------------
 # The work done on each file, in a worker process (or in this one with workers=1).
 
-class Checked(NamedTuple):
-    reason: str  # "" when the file looks usable
-    detail: str
-    digest: bytes | None  # blake2b of the bytes, when asked for and usable
-
-
-def check_file(path: str, want_digest: bool = True) -> Checked:
-    """Pass 1: read one file, check its header (format, size, truncation) without decoding
-    it, and hash it when ``want_digest`` (only files whose byte size another file shares
-    can be duplicates, so only those need hashing)."""
+def hash_file(index: int, path: str) -> tuple[int, bytes | None]:
+    """Pass 1: blake2b of one file's bytes (None when it cannot be read)."""
     try:
-        data = read_bytes(path)
-        check_size(read_header(data))
-    except ImageError as error:
-        return Checked(error.reason, error.detail, None)
-    return Checked("", "", hashlib.blake2b(data, digest_size=16).digest() if want_digest
-                   else None)
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return index, None
+    return index, digest.digest()
 
 
 class Written(NamedTuple):
@@ -140,7 +134,8 @@ def _close_outputs() -> None:
 
 def write_photo(index: int, path: str, slot: int, npy: str, offset: int, size: int,
                 policy: str) -> Written:
-    """Pass 2: decode and resize one photo, write it into row ``slot`` of ``npy``."""
+    """Pass 2: read one file once, check its header (format, size, truncation, bombs),
+    decode and resize it, and write it into row ``slot`` of ``npy``."""
     try:
         pixels, width, height = photo_from_bytes(read_bytes(path), size, policy)
     except ImageError as error:
@@ -334,6 +329,14 @@ def prepare(
         raise ValueError(f"--workers must be at least 1, got {workers}")
     source_path = Path(source)
     out_path = Path(out)
+    timings: dict[str, float] = {}
+    clock = [started]
+
+    def lap(phase: str) -> None:
+        now = time.perf_counter()
+        timings[phase] = now - clock[0]
+        clock[0] = now
+
     found = discover(source_path)
     if out_path.resolve().is_relative_to(source_path.resolve()):
         raise ValueError(f"--out {out_path} is inside the source folder; choose another place")
@@ -352,6 +355,7 @@ def prepare(
                 reused=True, test_count=int(info.get("num_test", 0)),
             )
     store.check_destination(out_path, force)
+    lap("discover")
 
     files = found.files
     count = min(workers or available_cores(), len(files))
@@ -360,30 +364,28 @@ def prepare(
     tmp.mkdir(parents=True)
     try:
         with Workers(count) as pool:
-            # Pass 1: hash and check every file.
-            checked: list[Checked | None] = [None] * len(files)
+            # Pass 1: only files of the same byte size can be copies of each other: hash
+            # those (usually few) to find exact duplicates and label conflicts.
+            sizes_in_bytes = [_byte_size(path) for path, _ in files]
+            shared = {n for n, k in Counter(sizes_in_bytes).items() if k > 1 and n > 0}
+            to_hash = [(i, str(path)) for i, (path, _) in enumerate(files)
+                       if sizes_in_bytes[i] in shared]
+            digests: list[bytes | None] = [None] * len(files)
             done = 0
 
-            def on_checked(result: tuple[int, Checked]) -> None:
+            def on_hashed(result: tuple[int, bytes | None]) -> None:
                 nonlocal done
-                checked[result[0]] = result[1]
+                digests[result[0]] = result[1]
                 done += 1
-                report("checking", done, len(files))
+                report("checking", done, len(to_hash))
 
-            sizes_in_bytes = [_byte_size(path) for path, _ in files]
-            shared = {n for n, k in Counter(sizes_in_bytes).items() if k > 1}
-            pool.run(_check_indexed,
-                     [(i, str(path), sizes_in_bytes[i] in shared)
-                      for i, (path, _) in enumerate(files)],
-                     on_checked)
-            skips: dict[int, Skip] = {
-                i: Skip(str(files[i][0]), c.reason, c.detail)
-                for i, c in enumerate(checked) if c is not None and c.reason
-            }
-            skips.update(plan_duplicates(files, [c.digest if c else None for c in checked]))
+            lap("start")
+            pool.run(hash_file, to_hash, on_hashed)
+            skips: dict[int, Skip] = plan_duplicates(files, digests)
             slot_of = {i: slot for slot, i in
                        enumerate(i for i in range(len(files)) if i not in skips)}
 
+            lap("check")
             # Pass 2: decode and resize into images.npy, each photo into its own row.
             npy = tmp / "images.npy"
             offset = create_npy(npy, len(slot_of), size)
@@ -405,6 +407,7 @@ def prepare(
                       for i, slot in slot_of.items()],
                      on_written)
 
+            lap("resize")
         kept = sorted(sizes)
         row_bytes = size * size * 3
         if len(kept) < len(slot_of):
@@ -426,18 +429,17 @@ def prepare(
             )
         result = _write(tmp, rows, skipped, classes, size, policy, found.layout,
                         source_path, digest, test_fraction, seed)
+        lap("write")
         safeio.publish_folder(tmp, out_path)
+        lap("publish")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     result.out = out_path
     result.workers = count
+    result.timings = timings
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _check_indexed(index: int, path: str, want_digest: bool) -> tuple[int, Checked]:
-    return index, check_file(path, want_digest)
 
 
 def _byte_size(path: Path) -> int:
