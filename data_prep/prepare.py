@@ -20,10 +20,11 @@ import hashlib
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,13 +119,15 @@ class Written(NamedTuple):
 
 
 _outputs: dict[str, int] = {}  # images.npy path -> open file descriptor, per process
+_outputs_lock = threading.Lock()
 
 
 def _output(path: str) -> int:
-    handle = _outputs.get(path)
-    if handle is None:
-        handle = _outputs[path] = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
-    return handle
+    with _outputs_lock:
+        handle = _outputs.get(path)
+        if handle is None:
+            handle = _outputs[path] = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+        return handle
 
 
 def _close_outputs() -> None:
@@ -175,7 +178,7 @@ class Workers:
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.pool: ProcessPoolExecutor | None = None
+        self.pool: Executor | None = None
         if count > 1:
             method = start_method()
             context = multiprocessing.get_context(method)
@@ -314,8 +317,11 @@ def prepare(
 ) -> PrepareResult:
     """Find, check, decode and resize every photo under ``source`` into a dataset at ``out``.
 
-    ``workers`` processes decode in parallel (default: every core). The source folder is only
-    read. The dataset is built beside ``out`` and moved into place when complete. Raises
+    ``workers`` processes decode in parallel (default: every core; 1 decodes in this
+    process). As with any use of multiprocessing, a script that calls this must do so under
+    ``if __name__ == "__main__":`` (worker processes import the main module). The source
+    folder is only read. The dataset is built beside ``out`` and moved into place when
+    complete. ``progress(stage, done, total)`` is called as files are done. Raises
     ``FileNotFoundError``/``ValueError`` with a one-line message for unusable input.
     """
     started = time.perf_counter()
