@@ -76,7 +76,7 @@ def child(method: str, size: int, source: Path, workers: int | None) -> None:
         count = sum(result.counts.values())
         shutil.rmtree(out.parent)
     elif method == "serial":
-        paths = sorted(p for p in source.rglob("*") if p.is_file())
+        paths = sorted(p for p in source.rglob("*.jpg") if not p.name.startswith("."))
         cpu_started = cpu_seconds()
         started = time.perf_counter()
         images = []

@@ -153,8 +153,13 @@ def _run_chunk(function: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> li
 
 
 def _init_worker() -> None:
+    import signal
+
     import cv2
 
+    # Ctrl-C goes to the whole process group: let the main process alone handle it (it stops
+    # the pool and removes the unfinished dataset) instead of every worker dying noisily.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)  # one process per core already; no threads on top
     # libjpeg prints warnings ("Corrupt JPEG data: ...") straight to stderr; in workers they
     # would scribble over the progress bar. Problems are reported in skipped.csv instead.
