@@ -157,13 +157,16 @@ class ProgressLine:
         if done < total and now - self.drawn_at < 0.1:
             return
         self.drawn_at = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = done / elapsed
-        left = (total - done) / rate if rate > 0 else 0.0
+        elapsed = now - self.started
         filled = int(self.width * done / total) if total else self.width
         bar = "#" * filled + "-" * (self.width - filled)
-        line = (f"{stage:<9} [{bar}] {done:>{len(f'{total:,}')},}/{total:,}  "
-                f"{rate:,.0f} files/s  ETA {int(left) // 60}:{int(left) % 60:02d}")
+        if elapsed > 0.2 and done:  # too early to say before that
+            rate = done / elapsed
+            left = int((total - done) / rate)
+            speed = f"{rate:,.0f} files/s  ETA {left // 60}:{left % 60:02d}"
+        else:
+            speed = "- files/s  ETA -:--"
+        line = f"{stage:<9} [{bar}] {done:>{len(f'{total:,}')},}/{total:,}  {speed}"
         click.echo(f"\r{line}\x1b[K", nl=False, err=True)
         self.shown = True
 

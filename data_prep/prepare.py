@@ -251,12 +251,12 @@ def plan_duplicates(files: list[tuple[Path, str]], digests: list[bytes | None]
         labels = sorted({files[i][1] for i in indices})
         if len(labels) > 1:
             for i in indices:
-                skip[i] = Skip(str(files[i][0]), "label conflict",
+                skip[i] = Skip(os.path.abspath(files[i][0]), "label conflict",
                                "same bytes in " + ", ".join(labels))
         else:
             for i in indices[1:]:
-                skip[i] = Skip(str(files[i][0]), "duplicate",
-                               f"same bytes as {files[indices[0]][0]}")
+                skip[i] = Skip(os.path.abspath(files[i][0]), "duplicate",
+                               f"same bytes as {os.path.abspath(files[indices[0]][0])}")
     return skip
 
 
@@ -406,8 +406,8 @@ def prepare(
             def on_written(result: Written) -> None:
                 nonlocal done
                 if result.reason:
-                    skips[result.index] = Skip(str(files[result.index][0]), result.reason,
-                                               result.detail)
+                    skips[result.index] = Skip(os.path.abspath(files[result.index][0]),
+                                               result.reason, result.detail)
                 else:
                     sizes[result.index] = (result.width, result.height)
                 done += 1
