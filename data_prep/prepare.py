@@ -144,7 +144,12 @@ def write_photo(index: int, path: str, slot: int, npy: str, offset: int, size: i
     except ImageError as error:
         return Written(index, 0, 0, error.reason, error.detail)
     row = pixels.tobytes()
-    os.pwrite(_output(npy), row, offset + slot * len(row))
+    handle = _output(npy)
+    if hasattr(os, "pwrite"):
+        os.pwrite(handle, row, offset + slot * len(row))
+    else:  # Windows: one descriptor per worker process, so seek + write is safe there
+        os.lseek(handle, offset + slot * len(row), os.SEEK_SET)
+        os.write(handle, row)
     return Written(index, width, height, "", "")
 
 
@@ -179,7 +184,7 @@ def start_method() -> str:
 
 class Workers:
     """Runs per-file work in ``count`` processes (or in this process when ``count`` is 1),
-    yielding results as they come, so progress can be reported."""
+    handing each result to a callback as it comes, so progress can be reported."""
 
     def __init__(self, count: int) -> None:
         self.count = count
