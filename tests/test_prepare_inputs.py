@@ -430,3 +430,28 @@ def test_unreadable_file_is_skipped(tmp_path):
     finally:
         locked.chmod(0o644)
     assert [s.reason for s in result.skipped] == ["unreadable file"]
+
+
+def test_jpeg_endings(tmp_path):
+    """Data after the end-of-image marker (some cameras append some) is fine; an EXIF
+    thumbnail's end marker does not make a cut-off photo look complete."""
+    photo = encode(make_photo("dog", np.random.default_rng(2), size=40), ".jpg")
+    (tmp_path / "trailer.jpg").write_bytes(photo + b"camera trailer" + bytes(100))
+    assert load_image(tmp_path / "trailer.jpg", 16).shape == (16, 16, 3)
+    thumbnail = encode(solid(8, 8), ".jpg")  # a complete JPEG, ending in FFD9
+    payload = b"Exif\x00\x00" + thumbnail
+    with_thumbnail = photo[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    with_thumbnail += photo[2:]
+    (tmp_path / "cut.jpg").write_bytes(with_thumbnail[: len(with_thumbnail) - 200])
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        load_image(tmp_path / "cut.jpg", 16)
+
+
+def test_corrupt_jpeg_data_with_an_end_marker_is_kept(tmp_path):
+    """libjpeg recovers from damaged entropy-coded data (the "Corrupt JPEG data" warnings of
+    Microsoft's PetImages): the photo is kept, as it decodes to a full image."""
+    data = bytearray(encode(make_photo("cat", np.random.default_rng(3), size=64), ".jpg"))
+    middle = len(data) // 2
+    data[middle : middle + 40] = bytes(40)
+    (tmp_path / "damaged.jpg").write_bytes(bytes(data))
+    assert load_image(tmp_path / "damaged.jpg", 16).shape == (16, 16, 3)
