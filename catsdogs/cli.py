@@ -74,7 +74,8 @@ def sample_folder() -> Path:
               help="Seed for the test split.")
 @click.option("--force", is_flag=True, help="Replace a different prepared dataset in --out.")
 @click.option("--workers", "-j", type=click.IntRange(1, 512), default=None,
-              help="Processes decoding photos in parallel.  [default: all cores]")
+              help="Processes decoding photos in parallel.  [default: all cores, "
+                   "one per 64 photos at most]")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar (it is only drawn on a terminal anyway).")
 def prepare(source: Path | None, out: Path, size: int, policy: str, test_fraction: float,

@@ -42,6 +42,10 @@ from data_prep.images import (
     read_bytes,
 )
 
+PHOTOS_PER_WORKER = 64
+"""With the default worker count, one worker process per this many photos at most (up to
+every core): below that, starting processes costs more than it saves."""
+
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as files are done; stage is "checking" or
 "resizing". The core never prints: the CLI draws a progress bar from these calls."""
@@ -327,10 +331,11 @@ def prepare(
 ) -> PrepareResult:
     """Find, check, decode and resize every photo under ``source`` into a dataset at ``out``.
 
-    ``workers`` processes decode in parallel (default: every core; 1 decodes in this
-    process). As with any use of multiprocessing, a script that calls this must do so under
-    ``if __name__ == "__main__":`` (worker processes import the main module). The source
-    folder is only read. The dataset is built beside ``out`` and moved into place when
+    ``workers`` processes decode in parallel (default: every core, at most one per
+    ``PHOTOS_PER_WORKER`` photos; 1 decodes in this process). As with any use of
+    multiprocessing, a script that calls this must do so under ``if __name__ ==
+    "__main__":`` (worker processes import the main module). The source folder is only
+    read. The dataset is built beside ``out`` and moved into place when
     complete. ``progress(stage, done, total)`` is called as files are done. Raises
     ``FileNotFoundError``/``ValueError`` with a one-line message for unusable input.
     """
@@ -374,7 +379,9 @@ def prepare(
     lap("discover")
 
     files = found.files
-    count = min(workers or available_cores(), len(files))
+    if workers is None:  # every core, but starting a process costs more than ~50 photos
+        workers = max(1, min(available_cores(), len(files) // PHOTOS_PER_WORKER))
+    count = min(workers, len(files))
     report = progress or (lambda stage, done, total: None)
     tmp = safeio.temporary_sibling(out_path)
     tmp.mkdir(parents=True)

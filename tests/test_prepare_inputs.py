@@ -455,3 +455,20 @@ def test_corrupt_jpeg_data_with_an_end_marker_is_kept(tmp_path):
     data[middle : middle + 40] = bytes(40)
     (tmp_path / "damaged.jpg").write_bytes(bytes(data))
     assert load_image(tmp_path / "damaged.jpg", 16).shape == (16, 16, 3)
+
+
+def test_default_worker_count_follows_cores_and_photo_count(tmp_path):
+    from data_prep.prepare import PHOTOS_PER_WORKER, available_cores
+
+    root = tmp_path / "photos"
+    write_photos(root / "cats", "cat", PHOTOS_PER_WORKER, seed=1)
+    write_photos(root / "dogs", "dog", PHOTOS_PER_WORKER + 6, seed=2)
+    result = prepare(root, tmp_path / "out", size=8)
+    assert result.workers == min(available_cores(), 2)
+    assert sum(result.counts.values()) == 2 * PHOTOS_PER_WORKER + 6
+    small = prepare(tmp_path / "photos", tmp_path / "out2", size=8, test_fraction=0.5)
+    assert small.workers == result.workers  # same photos, same count
+    few = tmp_path / "few"
+    write_photos(few / "cats", "cat", 3, seed=1)
+    write_photos(few / "dogs", "dog", 3, seed=2)
+    assert prepare(few, tmp_path / "out3", size=8).workers == 1
