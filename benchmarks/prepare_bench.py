@@ -14,6 +14,7 @@ included), sampled every 20 ms with psutil. Times cover the work only (imports e
 Then prepare's peak memory on the 2,000 shared photos against 20,000 distinct photos made by
 cropping and re-encoding them (cached in --big-folder, outside the repository).
 
+    pip install -e ".[bench]"                                # psutil
     python benchmarks/prepare_bench.py                       # everything
     python benchmarks/prepare_bench.py --sizes 128 --no-keras
     python benchmarks/prepare_bench.py --quality             # reduced-decode pixel error
