@@ -2,9 +2,9 @@
 
 Two passes over the candidate files, each spread over ``workers`` processes:
 
-1. **check**: files whose byte size another file shares are hashed (only those can be exact
-   duplicates); later copies are skipped, and the same bytes under two classes is a label
-   conflict;
+1. **check**: files whose byte size another file shares are read, their header checked,
+   and hashed if usable (only those can be exact duplicates); later copies are skipped, and
+   the same bytes under two classes is a label conflict;
 2. **resize**: every other file gets a row ("slot") of ``images.npy``, in discovery order;
    a worker reads the file once, checks its header (format, size, truncation, decompression
    bombs), decodes and resizes it and writes it straight into its row of the file.
@@ -38,8 +38,10 @@ from data_prep.images import (
     MIN_SIDE,
     RESIZE_POLICIES,
     ImageError,
+    check_size,
     photo_from_bytes,
     read_bytes,
+    read_header,
 )
 
 PHOTOS_PER_WORKER = 64
@@ -102,16 +104,22 @@ def fingerprint(files: list[tuple[Path, str]], size: int, policy: str,
 # ---------------------------------------------------------------------------------------------
 # The work done on each file, in a worker process (or in this one with workers=1).
 
-def hash_file(index: int, path: str) -> tuple[int, bytes | None]:
-    """Pass 1: blake2b of one file's bytes (None when it cannot be read)."""
+class Hashed(NamedTuple):
+    index: int
+    digest: bytes | None  # blake2b of the bytes; None when the file is not a usable image
+    reason: str
+    detail: str
+
+
+def hash_file(index: int, path: str) -> Hashed:
+    """Pass 1: blake2b of one file's bytes, after checking its header (so that two copies of
+    the same junk are reported as junk, not as duplicates or label conflicts)."""
     try:
-        digest = hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    except OSError:
-        return index, None
-    return index, digest.digest()
+        data = read_bytes(path)
+        check_size(read_header(data))
+    except ImageError as error:
+        return Hashed(index, None, error.reason, error.detail)
+    return Hashed(index, hashlib.blake2b(data, digest_size=16).digest(), "", "")
 
 
 class Written(NamedTuple):
@@ -394,17 +402,21 @@ def prepare(
             to_hash = [(i, str(path)) for i, (path, _) in enumerate(files)
                        if sizes_in_bytes[i] in shared]
             digests: list[bytes | None] = [None] * len(files)
+            skips: dict[int, Skip] = {}
             done = 0
 
-            def on_hashed(result: tuple[int, bytes | None]) -> None:
+            def on_hashed(result: Hashed) -> None:
                 nonlocal done
-                digests[result[0]] = result[1]
+                digests[result.index] = result.digest
+                if result.reason:
+                    skips[result.index] = Skip(os.path.abspath(files[result.index][0]),
+                                               result.reason, result.detail)
                 done += 1
                 report("checking", done, len(to_hash))
 
             lap("start")
             pool.run(hash_file, to_hash, on_hashed)
-            skips: dict[int, Skip] = plan_duplicates(files, digests)
+            skips.update(plan_duplicates(files, digests))
             slot_of = {i: slot for slot, i in
                        enumerate(i for i in range(len(files)) if i not in skips)}
 

@@ -472,3 +472,14 @@ def test_default_worker_count_follows_cores_and_photo_count(tmp_path):
     write_photos(few / "cats", "cat", 3, seed=1)
     write_photos(few / "dogs", "dog", 3, seed=2)
     assert prepare(few, tmp_path / "out3", size=8).workers == 1
+
+
+def test_identical_junk_in_two_classes_is_junk_not_a_label_conflict(tiny_dataset, tmp_path):
+    (tiny_dataset / "cats" / "readme.jpg").write_text("hello")
+    (tiny_dataset / "dogs" / "readme.jpg").write_text("hello")
+    good = (tiny_dataset / "cats" / "cat_0.jpg").read_bytes()
+    (tiny_dataset / "cats" / "half.jpg").write_bytes(good[: len(good) // 2])
+    (tiny_dataset / "dogs" / "half.jpg").write_bytes(good[: len(good) // 2])
+    result = prepare(tiny_dataset, tmp_path / "out", size=16)
+    assert result.skipped_by_reason == {"not an image": 2, "truncated JPEG": 2}
+    assert result.counts == {"cats": 12, "dogs": 12}
