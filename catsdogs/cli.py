@@ -73,32 +73,47 @@ def sample_folder() -> Path:
 @click.option("--seed", type=int, default=1337, show_default=True,
               help="Seed for the test split.")
 @click.option("--force", is_flag=True, help="Replace a different prepared dataset in --out.")
+@click.option("--workers", "-j", type=click.IntRange(1, 512), default=None,
+              help="Processes decoding photos in parallel.  [default: all cores, "
+                   "one per 64 photos at most]")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bar (it is only drawn on a terminal anyway).")
 def prepare(source: Path | None, out: Path, size: int, policy: str, test_fraction: float,
-            seed: int, force: bool) -> None:
+            seed: int, force: bool, workers: int | None, quiet: bool) -> None:
     """Find, check and resize the photos in SOURCE into a training-ready dataset.
 
     SOURCE holds one sub-folder per class (cats/, dogs/; any names) or Kaggle-style
     files named cat.1.jpg, dog.1.jpg. Without SOURCE, the built-in sample of 80
-    photos is used. The source folder is never written to.
+    photos is used. The source folder is never written to. Files that are not usable
+    photos are listed with a reason in skipped.csv.
 
     \b
     Example:
         catsdogs prepare                              # the built-in sample
         catsdogs prepare ~/PetImages --size 160 --out prepared
+        catsdogs prepare ~/PetImages --workers 4 --quiet
     """
     from data_prep.prepare import prepare as prepare_dataset
 
     if source is None:
         source = sample_folder()
         click.echo(f"No SOURCE given: using the built-in sample ({source}).")
-    result = prepare_dataset(source, out, size, policy, force=force,
-                             test_fraction=test_fraction, seed=seed)
+    bar = ProgressLine() if not quiet and ProgressLine.wanted() else None
+    try:
+        result = prepare_dataset(source, out, size, policy, force=force,
+                                 test_fraction=test_fraction, seed=seed, workers=workers,
+                                 progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     total = sum(result.counts.values())
     if result.reused:
         click.echo(f"{out} is already prepared from this source with these options: reused.")
     else:
+        rate = (total + len(result.skipped)) / max(result.seconds, 1e-9)
         click.echo(f"Prepared {total:,} photos ({size}x{size}, {policy}) in "
-                   f"{result.seconds:.1f} s -> {out}")
+                   f"{result.seconds:.1f} s ({rate:,.0f} files/s, {result.workers} "
+                   f"worker{'s' if result.workers != 1 else ''}) -> {out}")
     for name in result.classes:
         click.echo(f"  {name:<12} {result.counts[name]:>7,}")
     if result.test_count:
@@ -106,10 +121,59 @@ def prepare(source: Path | None, out: Path, size: int, policy: str, test_fractio
     if result.skipped:
         reasons = ", ".join(f"{n} {reason}" for reason, n in result.skipped_by_reason.items())
         click.echo(f"Skipped {len(result.skipped):,}: {reasons} (see {out}/skipped.csv)")
-        for path, reason in result.skipped[:5]:
-            click.echo(f"  {path}: {reason}")
+        for skip in result.skipped[:5]:
+            detail = f" ({skip.detail})" if skip.detail else ""
+            click.echo(f"  {skip.path}: {skip.reason}{detail}")
+        if len(result.skipped) > 5:
+            click.echo(f"  ... and {len(result.skipped) - 5:,} more")
     else:
         click.echo("Skipped 0.")
+
+
+class ProgressLine:
+    """A one-line progress bar on stderr: stage, bar, count, files/s and time left.
+
+    Drawn only when stderr is a terminal; redrawn at most ten times a second.
+    """
+
+    def __init__(self, width: int = 24) -> None:
+        self.width = width
+        self.stage = ""
+        self.started = 0.0
+        self.drawn_at = 0.0
+        self.shown = False
+
+    @staticmethod
+    def wanted() -> bool:
+        import sys
+
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        if stage != self.stage:
+            self.stage, self.started, self.drawn_at = stage, now, 0.0
+        if done < total and now - self.drawn_at < 0.1:
+            return
+        self.drawn_at = now
+        elapsed = now - self.started
+        filled = int(self.width * done / total) if total else self.width
+        bar = "#" * filled + "-" * (self.width - filled)
+        if elapsed > 0.2 and done:  # too early to say before that
+            rate = done / elapsed
+            left = int((total - done) / rate)
+            speed = f"{rate:,.0f} files/s  ETA {left // 60}:{left % 60:02d}"
+        else:
+            speed = "- files/s  ETA -:--"
+        line = f"{stage:<9} [{bar}] {done:>{len(f'{total:,}')},}/{total:,}  {speed}"
+        click.echo(f"\r{line}\x1b[K", nl=False, err=True)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("\r\x1b[K", nl=False, err=True)
 
 
 def model_options(function: Callable) -> Callable:

@@ -1,20 +1,65 @@
-"""``prepare(source, out, size)``: from a folder of photos to a prepared dataset."""
+"""``prepare(source, out, size)``: from a folder of photos to a prepared dataset.
+
+Two passes over the candidate files, each spread over ``workers`` processes:
+
+1. **check**: files whose byte size another file shares are read, their header checked,
+   and hashed if usable (only those can be exact duplicates); later copies are skipped, and
+   the same bytes under two classes is a label conflict;
+2. **resize**: every other file gets a row ("slot") of ``images.npy``, in discovery order;
+   a worker reads the file once, checks its header (format, size, truncation, decompression
+   bombs), decodes and resizes it and writes it straight into its row of the file.
+
+No list of images is ever held in memory, so peak memory does not grow with the number of
+photos, and the output is the same whatever the number of workers. A file that turns out
+unusable leaves its row empty; at the end, later rows are moved up to close such holes.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from data_prep import safeio, store
 from data_prep.discover import discover
-from data_prep.images import MIN_SIDE, RESIZE_POLICIES, ImageError, load_photo
+from data_prep.images import (
+    MIN_SIDE,
+    RESIZE_POLICIES,
+    ImageError,
+    check_size,
+    photo_from_bytes,
+    read_bytes,
+    read_header,
+)
+
+PHOTOS_PER_WORKER = 64
+"""With the default worker count, one worker process per this many photos at most (up to
+every core): below that, starting processes costs more than it saves."""
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as files are done; stage is "checking" or
+"resizing". The core never prints: the CLI draws a progress bar from these calls."""
+
+
+class Skip(NamedTuple):
+    """A candidate file that is not in the dataset: ``reason`` is a short, stable phrase
+    (counted in the summary), ``detail`` says more (sizes, the copy it duplicates...)."""
+
+    path: str
+    reason: str
+    detail: str = ""
 
 
 @dataclass
@@ -24,14 +69,23 @@ class PrepareResult:
     out: Path
     classes: list[str]
     counts: dict[str, int]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
     reused: bool = False
     test_count: int = 0
+    workers: int = 1
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
-        return dict(Counter(reason for _, reason in self.skipped).most_common())
+        return dict(Counter(skip.reason for skip in self.skipped).most_common())
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def fingerprint(files: list[tuple[Path, str]], size: int, policy: str,
@@ -47,40 +101,216 @@ def fingerprint(files: list[tuple[Path, str]], size: int, policy: str,
     return digest.hexdigest()
 
 
-def content_hashes(files: list[tuple[Path, str]]) -> list[str | None]:
-    """blake2b of each file's bytes (None when unreadable), to find exact duplicates."""
-    hashes: list[str | None] = []
-    for path, _ in files:
+# ---------------------------------------------------------------------------------------------
+# The work done on each file, in a worker process (or in this one with workers=1).
+
+class Hashed(NamedTuple):
+    index: int
+    digest: bytes | None  # blake2b of the bytes; None when the file is not a usable image
+    reason: str
+    detail: str
+
+
+def hash_file(index: int, path: str) -> Hashed:
+    """Pass 1: blake2b of one file's bytes, after checking its header (so that two copies of
+    the same junk are reported as junk, not as duplicates or label conflicts)."""
+    try:
+        data = read_bytes(path)
+        check_size(read_header(data))
+    except ImageError as error:
+        return Hashed(index, None, error.reason, error.detail)
+    return Hashed(index, hashlib.blake2b(data, digest_size=16).digest(), "", "")
+
+
+class Written(NamedTuple):
+    index: int
+    width: int
+    height: int
+    reason: str
+    detail: str
+
+
+_outputs: dict[str, int] = {}  # images.npy path -> open file descriptor, per process
+_outputs_lock = threading.Lock()
+
+
+def _output(path: str) -> int:
+    with _outputs_lock:
+        handle = _outputs.get(path)
+        if handle is None:
+            handle = _outputs[path] = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+        return handle
+
+
+def _close_outputs() -> None:
+    while _outputs:
+        os.close(_outputs.popitem()[1])
+
+
+def write_photo(index: int, path: str, slot: int, npy: str, offset: int, size: int,
+                policy: str) -> Written:
+    """Pass 2: read one file once, check its header (format, size, truncation, bombs),
+    decode and resize it, and write it into row ``slot`` of ``npy``."""
+    try:
+        pixels, width, height = photo_from_bytes(read_bytes(path), size, policy)
+    except ImageError as error:
+        return Written(index, 0, 0, error.reason, error.detail)
+    row = pixels.tobytes()
+    handle = _output(npy)
+    if hasattr(os, "pwrite"):
+        os.pwrite(handle, row, offset + slot * len(row))
+    else:  # Windows: one descriptor per worker process, so seek + write is safe there
+        os.lseek(handle, offset + slot * len(row), os.SEEK_SET)
+        os.write(handle, row)
+    return Written(index, width, height, "", "")
+
+
+def _run_chunk(function: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    return [function(*args) for args in chunk]
+
+
+def parent_alive(pid: int) -> bool:
+    """True while process ``pid`` runs. A killed parent stays a zombie until whoever started
+    it reaps it, which may only happen once our end of its pipes closes: count that as dead."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): ask the kernel
         try:
-            digest = hashlib.blake2b()
-            with open(path, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-            hashes.append(digest.hexdigest())
-        except OSError:
-            hashes.append(None)
-    return hashes
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
-def plan_duplicates(
-    files: list[tuple[Path, str]], hashes: list[str | None]
-) -> dict[int, str]:
-    """Indices of files to skip, with the reason: later copies, and label conflicts."""
-    by_hash: dict[str, list[int]] = {}
-    for index, digest in enumerate(hashes):
+def _exit_when_orphaned(parent_pid: int, interval: float = 0.25) -> None:
+    """Exit this worker as soon as the main process is gone (killed with SIGKILL, say).
+
+    Pool workers hold both ends of the pool's task pipe, so they never see it close and would
+    otherwise wait forever, keeping the forkserver, the resource tracker and any pipe to a
+    parent (a shell, a test) open.
+    """
+
+    def watch() -> None:
+        while parent_alive(parent_pid):
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _init_worker(parent_pid: int) -> None:
+    import signal
+
+    import cv2
+
+    _exit_when_orphaned(parent_pid)
+
+    # Ctrl-C goes to the whole process group: let the main process alone handle it (it stops
+    # the pool and removes the unfinished dataset) instead of every worker dying noisily.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)  # one process per core already; no threads on top
+    # libjpeg prints warnings ("Corrupt JPEG data: ...") straight to stderr; in workers they
+    # would scribble over the progress bar. Problems are reported in skipped.csv instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def start_method() -> str:
+    """How to start worker processes: never ``fork``. OpenCV's thread pool (used by
+    cv2.resize in this process) and the threads of TensorFlow and friends do not survive a
+    fork: the children deadlock. ``forkserver`` starts one clean process that imports
+    OpenCV once and forks the workers from it; ``spawn`` where there is none."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class Workers:
+    """Runs per-file work in ``count`` processes (or in this process when ``count`` is 1),
+    handing each result to a callback as it comes, so progress can be reported."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.pool: Executor | None = None
+        if count > 1:
+            method = start_method()
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                context.set_forkserver_preload(["data_prep.images"])
+            self.pool = ProcessPoolExecutor(count, mp_context=context,
+                                            initializer=_init_worker,
+                                            initargs=(os.getpid(),))
+
+    def run(self, function: Callable[..., Any], tasks: list[tuple[Any, ...]],
+            on_result: Callable[[Any], None]) -> None:
+        if self.pool is None:
+            for args in tasks:
+                on_result(function(*args))
+            return
+        chunk_size = max(1, min(32, len(tasks) // (self.count * 8) or 1))
+        chunks = (tasks[i : i + chunk_size] for i in range(0, len(tasks), chunk_size))
+        pending: set[Future[list[Any]]] = set()
+        try:
+            for chunk in chunks:
+                while len(pending) >= self.count * 4:  # a few chunks per worker in flight
+                    self._collect(pending, on_result)
+                pending.add(self.pool.submit(_run_chunk, function, chunk))
+            while pending:
+                self._collect(pending, on_result)
+        except BrokenProcessPool:
+            raise ValueError(
+                "a worker process died while decoding (a crash inside OpenCV on some file); "
+                "run again with --workers 1 to find it"
+            ) from None
+
+    @staticmethod
+    def _collect(pending: set[Future[list[Any]]], on_result: Callable[[Any], None]) -> None:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            pending.discard(future)
+            for result in future.result():
+                on_result(result)
+
+    def close(self) -> None:
+        _close_outputs()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+def plan_duplicates(files: list[tuple[Path, str]], digests: list[bytes | None]
+                    ) -> dict[int, Skip]:
+    """Files to skip as copies: every copy after the first, and all copies of bytes that
+    appear under more than one class (a label conflict)."""
+    by_digest: dict[bytes, list[int]] = {}
+    for index, digest in enumerate(digests):
         if digest is not None:
-            by_hash.setdefault(digest, []).append(index)
-    skip: dict[int, str] = {}
-    for indices in by_hash.values():
+            by_digest.setdefault(digest, []).append(index)
+    skip: dict[int, Skip] = {}
+    for indices in by_digest.values():
         if len(indices) < 2:
             continue
-        labels = {files[i][1] for i in indices}
+        labels = sorted({files[i][1] for i in indices})
         if len(labels) > 1:
             for i in indices:
-                skip[i] = "label conflict (same bytes in several classes)"
+                skip[i] = Skip(os.path.abspath(files[i][0]), "label conflict",
+                               "same bytes in " + ", ".join(labels))
         else:
             for i in indices[1:]:
-                skip[i] = f"duplicate of {files[indices[0]][0]}"
+                skip[i] = Skip(os.path.abspath(files[i][0]), "duplicate",
+                               f"same bytes as {os.path.abspath(files[indices[0]][0])}")
     return skip
 
 
@@ -110,6 +340,28 @@ def rewrite_npy_header(path: Path, shape: tuple[int, ...], header_length: int) -
         handle.write(prefix + room.to_bytes(2, "little") + text.encode("latin1"))
 
 
+def create_npy(path: Path, count: int, size: int) -> int:
+    """An images.npy for ``count`` rows (sparse: no pixel written yet); returns the data
+    offset, where row ``i`` starts at ``offset + i * size * size * 3``."""
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                       shape=(count, size, size, 3))
+    offset = int(images.offset)
+    del images
+    return offset
+
+
+def close_holes(path: Path, offset: int, row_bytes: int, slots: list[int]) -> None:
+    """Move rows ``slots`` (ascending) to rows 0, 1, 2... of the file, in place, one row at a
+    time (every move goes to a lower row, so nothing is overwritten before it is read)."""
+    with open(path, "r+b") as handle:
+        for target, slot in enumerate(slots):
+            if slot != target:
+                handle.seek(offset + slot * row_bytes)
+                row = handle.read(row_bytes)
+                handle.seek(offset + target * row_bytes)
+                handle.write(row)
+
+
 @safeio.locks_output("out", not_inside="source")  # one writer per --out; see safeio
 def prepare(
     source: str | os.PathLike[str],
@@ -120,12 +372,18 @@ def prepare(
     force: bool = False,
     test_fraction: float = 0.0,
     seed: int = 1337,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> PrepareResult:
     """Find, check, decode and resize every photo under ``source`` into a dataset at ``out``.
 
-    The source folder is only read. The dataset is built beside ``out`` and moved into place
-    when complete. Raises ``FileNotFoundError``/``ValueError`` with a one-line message for
-    unusable input.
+    ``workers`` processes decode in parallel (default: every core, at most one per
+    ``PHOTOS_PER_WORKER`` photos; 1 decodes in this process). As with any use of
+    multiprocessing, a script that calls this must do so under ``if __name__ ==
+    "__main__":`` (worker processes import the main module). The source folder is only
+    read. The dataset is built beside ``out`` and moved into place when
+    complete. ``progress(stage, done, total)`` is called as files are done. Raises
+    ``FileNotFoundError``/``ValueError`` with a one-line message for unusable input.
     """
     started = time.perf_counter()
     if size < MIN_SIDE:
@@ -134,8 +392,18 @@ def prepare(
         raise ValueError(f"unknown resize policy {policy!r}")
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test fraction must be in [0, 1), got {test_fraction}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     source_path = Path(source)
     out_path = Path(out)
+    timings: dict[str, float] = {}
+    clock = [started]
+
+    def lap(phase: str) -> None:
+        now = time.perf_counter()
+        timings[phase] = now - clock[0]
+        clock[0] = now
+
     found = discover(source_path)
     if out_path.resolve().is_relative_to(source_path.resolve()):
         raise ValueError(f"--out {out_path} is inside the source folder; choose another place")
@@ -150,41 +418,80 @@ def prepare(
             info = existing.info
             return PrepareResult(
                 out_path, info["classes"], info["counts"],
-                list(existing.skipped_rows()), time.perf_counter() - started,
+                [Skip(*row) for row in existing.skipped_rows()], time.perf_counter() - started,
                 reused=True, test_count=int(info.get("num_test", 0)),
             )
     store.check_destination(out_path, force)
+    lap("discover")
 
-    skip = plan_duplicates(found.files, content_hashes(found.files))
+    files = found.files
+    if workers is None:  # every core, but starting a process costs more than ~50 photos
+        workers = max(1, min(available_cores(), len(files) // PHOTOS_PER_WORKER))
+    count = min(workers, len(files))
+    report = progress or (lambda stage, done, total: None)
     tmp = safeio.temporary_sibling(out_path)
     tmp.mkdir(parents=True)
     try:
-        images = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8,
-            shape=(len(found.files), size, size, 3),
-        )
-        header_length = images.offset
-        safeio.reserve_space(tmp / "images.npy")  # ENOSPC now, not SIGBUS mid-write
-        rows: list[tuple[str, str, int, int]] = []
-        skipped: list[tuple[str, str]] = []
-        for index, (path, label) in enumerate(found.files):
-            if index in skip:
-                skipped.append((str(path), skip[index]))
-                continue
-            try:
-                pixels, width, height = load_photo(path, size, policy)
-            except ImageError as error:
-                skipped.append((str(path), error.reason))
-                continue
-            images[len(rows)] = pixels
-            rows.append((os.path.abspath(path), label, width, height))
-        images.flush()
-        del images
-        kept = len(rows)
-        with open(tmp / "images.npy", "r+b") as handle:
-            handle.truncate(header_length + kept * size * size * 3)
-        rewrite_npy_header(tmp / "images.npy", (kept, size, size, 3), header_length)
+        with Workers(count) as pool:
+            # Pass 1: only files of the same byte size can be copies of each other: hash
+            # those (usually few) to find exact duplicates and label conflicts.
+            sizes_in_bytes = [_byte_size(path) for path, _ in files]
+            shared = {n for n, k in Counter(sizes_in_bytes).items() if k > 1 and n > 0}
+            to_hash = [(i, str(path)) for i, (path, _) in enumerate(files)
+                       if sizes_in_bytes[i] in shared]
+            digests: list[bytes | None] = [None] * len(files)
+            skips: dict[int, Skip] = {}
+            done = 0
 
+            def on_hashed(result: Hashed) -> None:
+                nonlocal done
+                digests[result.index] = result.digest
+                if result.reason:
+                    skips[result.index] = Skip(os.path.abspath(files[result.index][0]),
+                                               result.reason, result.detail)
+                done += 1
+                report("checking", done, len(to_hash))
+
+            lap("start")
+            pool.run(hash_file, to_hash, on_hashed)
+            skips.update(plan_duplicates(files, digests))
+            slot_of = {i: slot for slot, i in
+                       enumerate(i for i in range(len(files)) if i not in skips)}
+
+            lap("check")
+            # Pass 2: decode and resize into images.npy, each photo into its own row.
+            npy = tmp / "images.npy"
+            offset = create_npy(npy, len(slot_of), size)
+            safeio.reserve_space(npy)  # a full disk fails here, with ENOSPC, not mid-write
+            sizes: dict[int, tuple[int, int]] = {}
+            done = 0
+
+            def on_written(result: Written) -> None:
+                nonlocal done
+                if result.reason:
+                    skips[result.index] = Skip(os.path.abspath(files[result.index][0]),
+                                               result.reason, result.detail)
+                else:
+                    sizes[result.index] = (result.width, result.height)
+                done += 1
+                report("resizing", done, len(slot_of))
+
+            pool.run(write_photo,
+                     [(i, str(files[i][0]), slot, str(npy), offset, size, policy)
+                      for i, slot in slot_of.items()],
+                     on_written)
+
+            lap("resize")
+        kept = sorted(sizes)
+        row_bytes = size * size * 3
+        if len(kept) < len(slot_of):
+            close_holes(npy, offset, row_bytes, [slot_of[i] for i in kept])
+        with open(npy, "r+b") as handle:
+            handle.truncate(offset + len(kept) * row_bytes)
+        rewrite_npy_header(npy, (len(kept), size, size, 3), offset)
+
+        rows = [(os.path.abspath(files[i][0]), files[i][1], *sizes[i]) for i in kept]
+        skipped = [skips[i] for i in sorted(skips)]
         counts = Counter(label for _, label, _, _ in rows)
         classes = [name for name in found.classes if counts[name] > 0]
         if not rows:
@@ -196,35 +503,38 @@ def prepare(
             )
         result = _write(tmp, rows, skipped, classes, size, policy, found.layout,
                         source_path, digest, test_fraction, seed)
+        lap("write")
         safeio.publish_folder(tmp, out_path)
+        lap("publish")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     result.out = out_path
+    result.workers = count
+    result.timings = timings
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[tuple[str, str]],
+def _byte_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip],
            classes: list[str], size: int, policy: str, layout: str, source: Path,
            digest: str, test_fraction: float, seed: int) -> PrepareResult:
-    import pandas as pd
-
     label_of = {name: i for i, name in enumerate(classes)}
     labels = np.array([label_of[label] for _, label, _, _ in rows])
-    manifest = pd.DataFrame({
-        "index": np.arange(len(rows)),
-        "path": [path for path, _, _, _ in rows],
-        "label": labels,
-        "class_name": [label for _, label, _, _ in rows],
-        "width": [w for _, _, w, _ in rows],
-        "height": [h for _, _, _, h in rows],
-        "split": split_column(labels, test_fraction, seed),
-    })
-    skipped_frame = pd.DataFrame(skipped, columns=store.SKIPPED_COLUMNS)
-    counts = {name: int((manifest["class_name"] == name).sum()) for name in classes}
-    result = PrepareResult(tmp, classes, counts, skipped,
-                           test_count=int((manifest["split"] == "test").sum()))
+    split = split_column(labels, test_fraction, seed)
+    manifest = ((index, path, label_of[name], name, width, height, split[index])
+                for index, (path, name, width, height) in enumerate(rows))
+    counts = dict.fromkeys(classes, 0)
+    for _, name, _, _ in rows:
+        counts[name] += 1
+    result = PrepareResult(tmp, classes, counts, skipped, test_count=split.count("test"))
     info = {
         "format": store.FORMAT,
         "image_size": size,
@@ -244,5 +554,5 @@ def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[tuple
         "fingerprint": digest,
         "catsdogs_version": store.package_version(),
     }
-    store.write_tables(tmp, manifest, skipped_frame, info)
+    store.write_tables(tmp, manifest, skipped, info)
     return result

@@ -5,10 +5,10 @@ A prepared dataset is a folder::
     images.npy     uint8 array (N, size, size, 3), RGB, loadable with np.load(mmap_mode="r")
     manifest.csv   one row per image in images.npy, in the same order:
                    index, path, label, class_name, width, height, split
-    skipped.csv    path, reason: every candidate file that was not used
+    skipped.csv    path, reason, detail: every candidate file that was not used
     dataset.json   format, image_size, resize_policy, channel_order, dtype, classes,
-                   counts, num_images, num_skipped, skipped_by_reason, source, layout,
-                   catsdogs_version
+                   counts, num_images, num_test, num_skipped, skipped_by_reason,
+                   test_fraction, seed, source, layout, fingerprint, catsdogs_version
 
 It is built in a hidden temporary folder beside the destination and renamed into place only
 when complete, so an interrupted run never leaves something ``train`` would accept.
@@ -16,8 +16,10 @@ when complete, so an interrupted run never leaves something ``train`` would acce
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 FORMAT = "catsdogs-dataset/1"
 MANIFEST_COLUMNS = ["index", "path", "label", "class_name", "width", "height", "split"]
-SKIPPED_COLUMNS = ["path", "reason"]
+SKIPPED_COLUMNS = ["path", "reason", "detail"]
 
 
 @dataclass
@@ -51,11 +53,13 @@ class PreparedDataset:
     def image_size(self) -> int:
         return int(self.info["image_size"])
 
-    def skipped_rows(self) -> list[tuple[str, str]]:
+    def skipped_rows(self) -> list[tuple[str, str, str]]:
+        """(path, reason, detail) for every skipped file (detail is "" in older datasets)."""
         import pandas as pd
 
-        frame = pd.read_csv(self.path / "skipped.csv", keep_default_na=False)
-        return list(zip(frame["path"].astype(str), frame["reason"].astype(str), strict=True))
+        frame = pd.read_csv(self.path / "skipped.csv", keep_default_na=False, dtype=str)
+        details = frame["detail"] if "detail" in frame else [""] * len(frame)
+        return list(zip(frame["path"], frame["reason"], details, strict=True))
 
 
 def package_version() -> str:
@@ -124,8 +128,15 @@ def check_destination(out: Path, force: bool) -> None:
         )
 
 
-def write_tables(folder: Path, manifest: pd.DataFrame, skipped: pd.DataFrame,
-                 info: dict[str, Any]) -> None:
-    manifest.to_csv(folder / "manifest.csv", index=False, columns=MANIFEST_COLUMNS)
-    skipped.to_csv(folder / "skipped.csv", index=False, columns=SKIPPED_COLUMNS)
+def write_tables(folder: Path, manifest: Iterable[Sequence[Any]],
+                 skipped: Iterable[Sequence[Any]], info: dict[str, Any]) -> None:
+    """Write manifest.csv (rows in MANIFEST_COLUMNS order), skipped.csv (rows in
+    SKIPPED_COLUMNS order) and dataset.json into ``folder``. Plain ``csv``: no pandas import
+    on the way out."""
+    for name, columns, rows in (("manifest.csv", MANIFEST_COLUMNS, manifest),
+                                ("skipped.csv", SKIPPED_COLUMNS, skipped)):
+        with open(folder / name, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows(rows)
     (folder / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -66,7 +66,7 @@ def test_unreadable_files_are_skipped_with_reasons(tiny_dataset, tmp_path):
     (tiny_dataset / "dogs" / "cut.jpg").write_bytes(good[: len(good) // 2])
     (tiny_dataset / "cats" / ".DS_Store").write_bytes(b"\x00\x01")
     result = prepare(tiny_dataset, tmp_path / "out", size=16)
-    reasons = dict((Path(p).name, r) for p, r in result.skipped)
+    reasons = dict((Path(p).name, r) for p, r, _ in result.skipped)
     assert reasons == {"empty.jpg": "empty file", "notes.jpg": "not an image",
                        "cut.jpg": "truncated JPEG"}
     skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
@@ -126,10 +126,14 @@ def test_duplicates_kept_once_and_label_conflicts_skipped(tiny_dataset, tmp_path
     other = (tiny_dataset / "cats" / "cat_1.jpg").read_bytes()
     (tiny_dataset / "dogs" / "confused.jpg").write_bytes(other)
     result = prepare(tiny_dataset, tmp_path / "out", size=16)
-    reasons = {Path(p).name: r for p, r in result.skipped}
-    assert reasons["copy.jpg"].startswith("duplicate of")
-    assert reasons["confused.jpg"].startswith("label conflict")
-    assert reasons["cat_1.jpg"].startswith("label conflict")
+    reasons = {Path(p).name: r for p, r, _ in result.skipped}
+    assert reasons["copy.jpg"] == "duplicate"
+    assert reasons["confused.jpg"] == "label conflict"
+    assert reasons["cat_1.jpg"] == "label conflict"
+    details = {Path(p).name: d for p, _, d in result.skipped}
+    assert details["copy.jpg"].endswith("cat_0.jpg")
+    assert details["confused.jpg"] == "same bytes in cats, dogs"
+    assert result.skipped_by_reason == {"label conflict": 2, "duplicate": 1}
     assert result.counts == {"cats": 11, "dogs": 12}
 
 
