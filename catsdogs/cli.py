@@ -257,7 +257,11 @@ def train(data: Path, out: Path, epochs: int, batch_size: int, validation_split:
         f"val_loss {best.get('val_loss', 0):.4f} ({result.num_train:,} training photos, "
         f"{result.num_validation:,} validation, {result.seconds:.0f} s)"
     )
-    click.echo(f"Saved model to {out}")
+    if result.worker_index == 0:
+        click.echo(f"Saved model to {out}")
+    else:  # (#7) multi-worker training: only the chief (worker 0) writes --out
+        click.echo(f"Worker {result.worker_index} of {result.num_workers} done; the chief "
+                   "(worker 0) saved the model, nothing was written here.")
 
 
 @cli.command()
