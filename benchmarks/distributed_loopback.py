@@ -16,12 +16,13 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from train_rate import images_per_second  # benchmarks/train_rate.py, beside this file
 
 
 def free_ports(count: int) -> list[int]:
@@ -33,15 +34,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def images_per_second(model_dir: Path) -> tuple[float, list[float]]:
-    import pandas as pd
-
-    info = json.loads((model_dir / "model.json").read_text())
-    seconds = pd.read_csv(model_dir / "history.csv")["seconds"].tolist()
-    timed = seconds[1:] or seconds
-    return info["num_train"] / statistics.median(timed), seconds
 
 
 def run(workers: int, data: str, out: Path, train_args: list[str], timeout: int) -> float:
@@ -83,10 +75,11 @@ def main() -> None:
         for workers in (1, 2):
             out = Path(scratch) / f"run{workers}"
             wall = run(workers, args.data, out, train_args, args.timeout)
-            rate, seconds = images_per_second(out / "w0")
-            print(f"{workers} worker(s): {rate:7.1f} training images/s "
-                  f"(epoch seconds {', '.join(f'{s:.1f}' for s in seconds)}; "
-                  f"wall {wall:.0f} s for the whole command)", flush=True)
+            rate, info, seconds = images_per_second(out / "w0")
+            print(f"{workers} worker(s): {rate:7.1f} training images/s, "
+                  f"{info['distribution']['global_batch_size']} photos per step (epoch seconds "
+                  f"{', '.join(f'{s:.1f}' for s in seconds)}; {wall:.0f} s for the command)",
+                  flush=True)
 
 
 if __name__ == "__main__":
