@@ -201,7 +201,8 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
 @click.option("--epochs", type=click.IntRange(1, 10_000), default=30, show_default=True,
               help="Passes over the training photos.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
-              help="Photos per training step.")
+              help="Photos per training step (per GPU, or per worker, when training is "
+                   "distributed).")
 @click.option("--validation-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=0.2, show_default=True,
               help="Share of photos held out (stratified, seeded) to validate on.")

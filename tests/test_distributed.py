@@ -355,6 +355,16 @@ def test_jax_data_parallel_over_two_devices(prepared, tmp_path, runner, unseen_p
     assert info["backend"] == "jax" and info["distribution"]["replicas"] == 2
 
 
+def test_jax_default_path_imports_no_tensorflow():
+    pytest.importorskip("jax")
+    code = ("import sys; from catsdogs import distribute; plan = distribute.plan(); "
+            "print(plan.kind, 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT, env=subprocess_env(KERAS_BACKEND="jax"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["single", "False"]
+
+
 def test_multi_worker_needs_the_tensorflow_backend(prepared, tmp_path):
     pytest.importorskip("jax")
     command = [sys.executable, "-m", "catsdogs", "train", "--data", str(prepared),
