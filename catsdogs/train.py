@@ -76,7 +76,6 @@ def training_rows(dataset: PreparedDataset) -> np.ndarray:
     return np.arange(len(manifest))
 
 
-@safeio.locks_output("out")  # one writer per --out; see safeio
 def train(
     data: str | Path,
     out: str | Path,
@@ -92,17 +91,37 @@ def train(
     ``model_config.image_size`` and ``num_classes`` are taken from the dataset.
     ``on_start(model, device)`` is called once the model is built, ``on_epoch(row)`` after
     every epoch with the epoch's metrics. The weights of the best epoch (lowest validation
-    loss) are the ones saved.
+    loss) are the ones saved. With several workers (``TF_CONFIG``, see catsdogs.distribute)
+    only the chief locks and writes ``out``.
     """
+    # (#7) choose the strategy before any TensorFlow op runs. Only the chief locks and writes
+    # --out; other workers save to a scratch folder, removed once all workers are done.
+    plan = distribute.plan()
+    result = _train(data, plan.output_folder(Path(out)), model_config, train_config,
+                    plan=plan, force=force, on_epoch=on_epoch, on_start=on_start)
+    plan.finish()
+    return result
+
+
+@safeio.locks_output("out")  # one writer per --out; see safeio
+def _train(
+    data: str | Path,
+    out: str | Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    plan: distribute.DistributionPlan,
+    force: bool = False,
+    on_epoch: EpochReport | None = None,
+    on_start: Callable[[Any, str], None] | None = None,
+) -> TrainResult:
+    """:func:`train` under the lock of ``out``."""
     from catsdogs.data import ImageBatches, stratified_split
     from catsdogs.model import build_model
 
     keras = import_keras()
     started = time.perf_counter()
-    # (#7) distribution: choose the strategy before any TensorFlow op runs; only the chief
-    # writes --out, other workers save to a scratch folder removed at the end.
-    plan = distribute.plan()
-    out_path = plan.output_folder(Path(out))
+    out_path = Path(out)
     dataset = read_dataset(data)
     check_out_folder(out_path, force)
 
@@ -191,7 +210,6 @@ def train(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    plan.finish()  # (#7) workers wait for each other; a non-chief removes its scratch copy
     return TrainResult(
         out=out_path,
         device=device,

@@ -254,29 +254,34 @@ def run_workers(prepared: Path, outs: list[Path], temps: list[Path], tmp_path: P
 
 
 def test_two_workers_on_loopback(prepared, tmp_path, runner, unseen_photos):
-    """Two `catsdogs train` processes with their own TF_CONFIG train one model together."""
-    outs = [tmp_path / "chief_model", tmp_path / "worker1_model"]
+    """Two `catsdogs train` processes run the same command (same --out, as on shared storage),
+    each with its own TF_CONFIG, and train one model together."""
+    models = tmp_path / "models"
+    models.mkdir()
+    out = models / "model"
     temps = [tmp_path / "tmp0", tmp_path / "tmp1"]
-    codes, texts = run_workers(prepared, outs, temps, tmp_path)
+    codes, texts = run_workers(prepared, [out, out], temps, tmp_path)
     chief, worker = texts
     assert codes == [0, 0], f"chief:\n{chief}\nworker:\n{worker}"
 
     assert "2 workers (MultiWorkerMirroredStrategy" in chief and "worker 0, chief" in chief
     assert "global batch 8 = 4 per replica x 2 replicas" in chief
-    assert f"Saved model to {outs[0]}" in chief
+    assert f"Saved model to {out}" in chief
     assert "Worker 1 of 2 done" in worker and "Saved model" not in worker
     # One model, trained together: both workers log the same all-reduced metrics.
     assert epoch_lines(chief) == epoch_lines(worker) and len(epoch_lines(chief)) == 1
 
-    info = json.loads((outs[0] / "model.json").read_text())
+    info = json.loads((out / "model.json").read_text())
     assert info["distribution"]["workers"] == 2 and info["distribution"]["global_batch_size"] == 8
     assert info["num_train"] == 20  # all training photos, shared by the two workers
-    # The other worker left nothing behind: no --out, no scratch folder.
-    assert not outs[1].exists()
+    # Only the chief wrote: the model folder and nothing beside it (no lock file, no hidden
+    # half-written copy); the other worker's scratch folder is gone.
+    assert sorted(p.name for p in models.iterdir()) == ["model"]
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "model.json", "model.keras"]
     assert list(temps[1].iterdir()) == []
 
     photos = [str(p) for p in unseen_photos["cats"] + unseen_photos["dogs"]]
-    result = runner.invoke(cli, ["predict", *photos, "--model", str(outs[0]), "--json"])
+    result = runner.invoke(cli, ["predict", *photos, "--model", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)) == 8
 
