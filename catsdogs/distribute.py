@@ -1,15 +1,16 @@
 """Where training runs: one device, several GPUs of one machine, or several machines.
 
 :func:`plan` looks at the environment once, before any TensorFlow operation runs, and returns a
-:class:`DistributionPlan` that ``catsdogs.train`` uses at five points: the model is built and
+:class:`DistributionPlan` that ``catsdogs.train`` uses at six points: the model is built and
 compiled inside :meth:`DistributionPlan.scope`, the per-replica ``--batch-size`` becomes a
 global batch (:meth:`~DistributionPlan.global_batch_size`), each worker trains on its own equal
 shard of the photos (:meth:`~DistributionPlan.shard`, :meth:`~DistributionPlan.dataset`), only
-the chief writes ``--out`` (:meth:`~DistributionPlan.output_folder`) and the log says how the
-work was spread (:meth:`~DistributionPlan.describe`).
+the chief writes ``--out`` (:meth:`~DistributionPlan.output_folder`), the log says how the
+work was spread (:meth:`~DistributionPlan.describe`) and the workers finish together
+(:meth:`~DistributionPlan.finish`).
 
-- No ``TF_CONFIG`` and at most one GPU: no strategy at all. Nothing is imported, the model
-  and the data are exactly what they were without this module.
+- No ``TF_CONFIG`` and at most one GPU: no strategy at all. Nothing new is imported, the
+  model and the data are exactly what they were without this module.
 - Several GPUs on one machine: ``tf.distribute.MirroredStrategy`` on the TensorFlow backend,
   ``keras.distribution.DataParallel`` on the JAX backend. Each GPU takes ``--batch-size``
   photos of every step.
@@ -20,8 +21,9 @@ work was spread (:meth:`~DistributionPlan.describe`).
 How a worker's shard reaches the model under ``MultiWorkerMirroredStrategy``: Keras 3's
 TensorFlow trainer turns a ``PyDataset`` into a ``tf.data.Dataset.from_generator`` and hands it
 to ``strategy.experimental_distribute_dataset``, which *re-batches* every batch into
-``workers × replicas`` pieces and auto-shards by element (``from_generator`` reads no files),
-so each worker would read every photo and train on a slice of each batch. Instead, each worker
+``workers × replicas`` pieces and auto-shards by element (``from_generator`` reads no files;
+TensorFlow 2.21's ``input_lib``), so each worker would read every photo and train on a slice
+of each batch. Instead, each worker
 here builds its ``PyDataset`` over its own shard of the training indices (``indices[i::W]``
 after the seeded split, padded to equal length), and :meth:`DistributionPlan.dataset` passes
 it through ``strategy.distribute_datasets_from_function``, which neither re-batches nor
@@ -272,8 +274,9 @@ class DistributionPlan:
 
     def output_folder(self, out: Path) -> Path:
         """Where this process saves the model: ``out`` for the chief; for another worker, a
-        scratch folder it removes (all workers must save, since saving reads variables
-        that are all-reduced, but only the chief's copy is kept)."""
+        scratch folder it removes. Every worker runs the same program, saving included, as
+        TensorFlow asks of this strategy (reading some variables may all-reduce them); only
+        the chief's copy is kept."""
         if self.is_chief:
             return out
         if self._scratch is None:
@@ -296,7 +299,7 @@ class DistributionPlan:
             with lost_workers_as_value_error():
                 present = int(count_replicas())
             if present != self.replicas:
-                raise RuntimeError(f"{present} of {self.replicas} replicas reached the end")
+                raise ValueError(f"only {present} of {self.replicas} replicas reached the end")
         self.close()
 
     def close(self) -> None:
