@@ -265,7 +265,8 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
 @click.option("--epochs", type=click.IntRange(1, 10_000), default=30, show_default=True,
               help="Passes over the training photos.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
-              help="Photos per training step.")
+              help="Photos per training step (per GPU, or per worker, when training is "
+                   "distributed).")
 @click.option("--validation-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=0.2, show_default=True,
               help="Share of photos held out (stratified, seeded) to validate on.")
@@ -321,7 +322,11 @@ def train(data: Path, out: Path, epochs: int, batch_size: int, validation_split:
         f"val_loss {best.get('val_loss', 0):.4f} ({result.num_train:,} training photos, "
         f"{result.num_validation:,} validation, {result.seconds:.0f} s)"
     )
-    click.echo(f"Saved model to {out}")
+    if result.worker_index == 0:
+        click.echo(f"Saved model to {out}")
+    else:  # (#7) multi-worker training: only the chief (worker 0) writes --out
+        click.echo(f"Worker {result.worker_index} of {result.num_workers} done; the chief "
+                   "(worker 0) saved the model, nothing was written here.")
 
 
 @cli.command()

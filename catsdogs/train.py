@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from catsdogs import __version__, bundle
+from catsdogs import __version__, bundle, distribute
 from catsdogs.backend import describe_device
 from catsdogs.backend import keras as import_keras
 from catsdogs.config import ModelConfig, TrainConfig
@@ -35,6 +35,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     num_train: int = 0
     num_validation: int = 0
+    worker_index: int = 0  # (#7) 0: the chief, which saved the model to ``out``
+    num_workers: int = 1
 
 
 def check_out_folder(out: Path, force: bool) -> None:
@@ -74,7 +76,6 @@ def training_rows(dataset: PreparedDataset) -> np.ndarray:
     return np.arange(len(manifest))
 
 
-@safeio.locks_output("out")  # one writer per --out; see safeio
 def train(
     data: str | Path,
     out: str | Path,
@@ -90,8 +91,31 @@ def train(
     ``model_config.image_size`` and ``num_classes`` are taken from the dataset.
     ``on_start(model, device)`` is called once the model is built, ``on_epoch(row)`` after
     every epoch with the epoch's metrics. The weights of the best epoch (lowest validation
-    loss) are the ones saved.
+    loss) are the ones saved. With several workers (``TF_CONFIG``, see catsdogs.distribute)
+    only the chief locks and writes ``out``.
     """
+    # (#7) choose the strategy before any TensorFlow op runs. Only the chief locks and writes
+    # --out; other workers save to a scratch folder, removed once all workers are done.
+    plan = distribute.plan()
+    result = _train(data, plan.output_folder(Path(out)), model_config, train_config,
+                    plan=plan, force=force, on_epoch=on_epoch, on_start=on_start)
+    plan.finish()
+    return result
+
+
+@safeio.locks_output("out")  # one writer per --out; see safeio
+def _train(
+    data: str | Path,
+    out: str | Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    plan: distribute.DistributionPlan,
+    force: bool = False,
+    on_epoch: EpochReport | None = None,
+    on_start: Callable[[Any, str], None] | None = None,
+) -> TrainResult:
+    """:func:`train` under the lock of ``out``."""
     from catsdogs.data import ImageBatches, stratified_split
     from catsdogs.model import build_model
 
@@ -114,33 +138,45 @@ def train(
     binary = model_config.num_classes == 2
 
     keras.utils.set_random_seed(train_config.seed)
-    model = build_model(model_config)
-    model.compile(
-        optimizer=make_optimizer(train_config.optimizer, train_config.learning_rate),
-        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    with plan.scope():  # (#7) variables mirrored over the replicas
+        model = build_model(model_config)
+        model.compile(
+            optimizer=make_optimizer(train_config.optimizer, train_config.learning_rate),
+            loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
     # Weights + Adam state + archive overhead: refuse a too-full disk now, not after training.
     safeio.check_free_space(out_path, 12 * model.count_params() + (64 << 10), "the model")
     device = describe_device()
+    if plan.active:  # (#7) e.g. "CPU; 2 workers (MultiWorkerMirroredStrategy, ...), global batch"
+        device = f"{device}; {plan.describe(train_config.batch_size)}"
     if on_start is not None:
         on_start(model, device)
 
-    train_batches = ImageBatches(
-        dataset.images, all_labels, train_index, train_config.batch_size,
-        shuffle=True, seed=train_config.seed, binary=binary,
+    # (#7) plan.dataset gives make_batches this worker's shard and the batch size the
+    # strategy expects (--batch-size per replica); unchanged on one device.
+    train_batches = plan.dataset(
+        lambda index, batch_size: ImageBatches(
+            dataset.images, all_labels, index, batch_size,
+            shuffle=True, seed=train_config.seed + plan.worker_index, binary=binary,
+        ),
+        train_index, train_config.batch_size,
     )
-    val_batches = ImageBatches(
-        dataset.images, all_labels, val_index, train_config.batch_size, binary=binary
+    val_batches = plan.dataset(
+        lambda index, batch_size: ImageBatches(
+            dataset.images, all_labels, index, batch_size, binary=binary
+        ),
+        val_index, train_config.batch_size,
     )
     keeper = BestEpoch(on_epoch)
-    model.fit(
-        train_batches,
-        validation_data=val_batches,
-        epochs=train_config.epochs,
-        callbacks=[keeper],
-        verbose=0,
-    )
+    with plan.scope():  # (#7)
+        model.fit(
+            train_batches,
+            validation_data=val_batches,
+            epochs=train_config.epochs,
+            callbacks=[keeper],
+            verbose=0,
+        )
     keeper.restore()
 
     tmp = safeio.temporary_sibling(out_path)
@@ -161,6 +197,7 @@ def train(
             "num_validation": int(len(val_index)),
             "dataset": str(Path(data).resolve()),
             "device": device,
+            "distribution": plan.to_dict(train_config.batch_size),  # (#7)
             "backend": keras.backend.backend(),
             "keras_version": keras.__version__,
             "catsdogs_version": __version__,
@@ -183,6 +220,8 @@ def train(
         history=keeper.rows,
         num_train=int(len(train_index)),
         num_validation=int(len(val_index)),
+        worker_index=plan.worker_index,
+        num_workers=plan.num_workers,
     )
 
 
