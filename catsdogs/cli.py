@@ -20,6 +20,7 @@ from catsdogs.config import (
     BATCH_NORM_AUTO_BLOCKS,
     DEVICES,
     HEADS,
+    JIT_COMPILE,
     LR_SCHEDULES,
     MONITORS,
     OPTIMIZERS,
@@ -255,6 +256,10 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
               help="auto: a GPU when there is one; cpu: the CPU even then.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
               show_default=True, help="auto: mixed float16 on a GPU, float32 on the CPU.")
+@click.option("--jit-compile", type=click.Choice(JIT_COMPILE), default="auto",
+              show_default=True,
+              help="XLA compilation of the training step; auto: Keras decides (off on a "
+                   "CPU with TensorFlow).")
 @click.option("--seed", type=int, default=1337, show_default=True,
               help="Seed for the split, the shuffling, augmentation and the initial weights.")
 @click.option("--resume", is_flag=True,
@@ -266,8 +271,8 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
 def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
           validation_split: float, optimizer: str, learning_rate: float, lr_schedule: str,
           warmup_epochs: int, weight_decay: float, label_smoothing: float, monitor: str,
-          patience: int, device: str, precision: str, seed: int, resume: bool, force: bool,
-          **options: Any) -> None:
+          patience: int, device: str, precision: str, jit_compile: str, seed: int,
+          resume: bool, force: bool, **options: Any) -> None:
     """Build the model, print its parameter summary, and train it on a prepared dataset.
 
     With no options this is the default recipe: 5 blocks with batch normalization,
@@ -296,7 +301,7 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
         learning_rate=learning_rate, optimizer=optimizer, weight_decay=weight_decay,
         lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing, augment=augment, monitor=monitor, patience=patience,
-        device=device, precision=precision, seed=seed,
+        device=device, precision=precision, jit_compile=jit_compile, seed=seed,
     )
     terminal = sys.stdout.isatty()
     total_epochs = [epochs]

@@ -13,6 +13,7 @@ LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
 DEVICES = ("auto", "cpu")
 PRECISIONS = ("auto", "mixed", "float32")
+JIT_COMPILE = ("auto", "on", "off")
 # Batch normalization is on by default ("auto") from this many blocks: deep enough to need it,
 # while one- and two-block models (the classic article's) stay plain.
 BATCH_NORM_AUTO_BLOCKS = 3
@@ -119,6 +120,7 @@ class TrainConfig:
     patience: int = 0
     device: str = "auto"
     precision: str = "auto"
+    jit_compile: str = "auto"
     seed: int = 1337
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -151,6 +153,8 @@ class TrainConfig:
             raise ValueError(f"patience must be 0 (off) or more, got {self.patience}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.jit_compile not in JIT_COMPILE:
+            raise ValueError(f"jit_compile must be one of {JIT_COMPILE}, got {self.jit_compile!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 

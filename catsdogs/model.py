@@ -49,7 +49,9 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None) -> keras.S
             )
         )
         if batch_norm:
-            stack.append(layers.BatchNormalization(name=f"{name}_bn", **policy))
+            # momentum 0.9: the moving statistics follow the weights within an epoch or two,
+            # so validation is meaningful from the first epochs of a short run.
+            stack.append(layers.BatchNormalization(momentum=0.9, name=f"{name}_bn", **policy))
             stack.append(layers.Activation(config.activation, name=f"{name}_act", **policy))
         stack.append(layers.MaxPooling2D(config.pool_size, name=f"{name}_pool", **policy))
     if config.head == "gap":

@@ -32,6 +32,10 @@ from data_prep.store import PreparedDataset, read_dataset
 EpochReport = Callable[[dict[str, Any]], None]
 BatchReport = Callable[[int, int, dict[str, float]], None]
 CHECKPOINT_FORMAT = "catsdogs-checkpoint/1"
+# Threads reading training batches ahead. Two or more also makes Keras read batches on demand
+# after each epoch's reshuffle; with one, TensorFlow's prefetching may read the next
+# epoch's first batches before the reshuffle.
+TRAIN_WORKERS = 2
 
 
 @dataclass
@@ -197,6 +201,7 @@ def build_and_compile(
         optimizer=optimizer,
         loss=loss_class(label_smoothing=train_config.label_smoothing),
         metrics=["accuracy"],
+        jit_compile={"auto": "auto", "on": True, "off": False}[train_config.jit_compile],
     )
     return model, trainer
 
@@ -373,6 +378,7 @@ def fit_model(
             epochs=epochs,
             initial_epoch=initial_epoch,
             callbacks=list(callbacks),
+            shuffle=False,  # the batches shuffle themselves, seeded by epoch (resumable)
             verbose=0,
         )
     except KeyboardInterrupt:
@@ -487,6 +493,7 @@ def train(
         dataset.images, all_labels, split.train, train_config.batch_size,
         shuffle=True, seed=train_config.seed, binary=binary,
         num_classes=model_config.num_classes, start_epoch=initial_epoch,
+        workers=TRAIN_WORKERS,
     )
     val_batches = ImageBatches(
         dataset.images, all_labels, split.validation, train_config.batch_size,
