@@ -329,6 +329,7 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
             f"  val_accuracy {row.get('val_accuracy', float('nan')):.4f}"
             f"  {row['seconds']:.1f}s{'  *' if row.get('best') else ''}"
         )
+        sys.stdout.flush()  # one line per epoch, as it happens, also into a pipe or a file
 
     if resume:
         from catsdogs.train import checkpoint_folder, read_checkpoint

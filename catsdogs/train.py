@@ -256,6 +256,10 @@ class BestEpoch(import_keras().callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({key: float(value) for key, value in (logs or {}).items()})
+        if "learning_rate" not in row and self.model is not None:
+            keras = import_keras()
+            rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            row["learning_rate"] = float(rate)  # at the end of the epoch
         row["seconds"] = round(time.perf_counter() - self.epoch_started, 3)
         value = self.score(row.get(self.monitor, float("nan")))
         row["best"] = bool(value < self.best_value)  # NaN is never best

@@ -154,7 +154,7 @@ def test_model_folder_has_curves_and_no_random_layers(runner, prepared, tmp_path
     assert "Best epoch" in result.output and "by val_loss" in result.output
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = pd.read_csv(out / "history.csv")
-    assert list(history["epoch"]) == [1, 2]
+    assert list(history["epoch"]) == [1, 2] and history["learning_rate"].iloc[1] > 0
     model = keras.saving.load_model(out / "model.keras")
     kinds = {type(layer).__name__ for layer in model.layers}
     assert not any(kind.startswith("Random") for kind in kinds)
