@@ -190,3 +190,16 @@ def test_ctrl_c_in_a_real_process_then_resume(prepared, tmp_path):
     assert json.loads((out / "model.json").read_text())["interrupted"] is True
     done = read_checkpoint(checkpoint_folder(out))["epochs_done"]
     assert 2 <= done < 500  # the line of epoch 3 is printed before its checkpoint
+
+
+def test_mixed_precision_run_saves_a_float32_output(prepared, tmp_path):
+    """--precision mixed (the GPU default) also runs on the CPU; the saved model's
+    probabilities are float32."""
+    out = tmp_path / "m"
+    result = train(prepared, out, ModelConfig(**TINY), tiny_train(epochs=1, precision="mixed"))
+    assert result.precision == "mixed"
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.get_layer("block1_conv").compute_dtype == "float16"
+    images = np.zeros((2, 24, 24, 3), dtype="float32")
+    assert keras.ops.convert_to_numpy(model(images)).dtype == np.float32
+    assert json.loads((out / "model.json").read_text())["precision"] == "mixed"
