@@ -227,7 +227,7 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Random flips, rotations, zooms, shifts and contrast while training "
                    "(never at prediction).")
-@click.option("--epochs", type=click.IntRange(1, 10_000), default=40, show_default=True,
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=80, show_default=True,
               help="Passes over the training photos.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Photos per training step.")
@@ -276,7 +276,7 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
     """Build the model, print its parameter summary, and train it on a prepared dataset.
 
     With no options this is the default recipe: 5 blocks with batch normalization,
-    augmentation, AdamW with a cosine schedule and label smoothing, 40 epochs. The
+    augmentation, AdamW with a cosine schedule and label smoothing, 80 epochs. The
     weights of the best epoch by --monitor are saved to --out as model.keras, with
     model.json, history.csv and curves.png. Ctrl-C stops after saving the best epoch so
     far; --resume continues from the last finished epoch.

@@ -106,7 +106,7 @@ class TrainConfig:
     at 128 px).
     """
 
-    epochs: int = 40
+    epochs: int = 80
     batch_size: int = 32
     validation_split: float = 0.2
     learning_rate: float = 3e-3
