@@ -184,6 +184,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--backends", default="tensorflow")
     parser.add_argument("--jit", default="off,on", help="jit_compile settings to run")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat each pair, alternating which runs first (a loaded "
+                             "machine's load changes from minute to minute)")
     parser.add_argument("--memory", action="store_true",
                         help="peak memory of one epoch over the data and over it tiled x10")
     parser.add_argument("--worker", choices=["catsdogs", "plain"], help=argparse.SUPPRESS)
@@ -200,9 +203,11 @@ def main() -> None:
         return
     for backend in args.backends.split(","):
         for jit in args.jit.split(","):
-            for path in ("catsdogs", "plain"):
-                print(json.dumps(run_worker(args.data, path, backend, jit, args.epochs)),
-                      flush=True)
+            for round_number in range(args.rounds):
+                paths = ("catsdogs", "plain") if round_number % 2 == 0 else ("plain", "catsdogs")
+                for path in paths:
+                    result = run_worker(args.data, path, backend, jit, args.epochs)
+                    print(json.dumps({"round": round_number + 1, **result}), flush=True)
 
 
 if __name__ == "__main__":
