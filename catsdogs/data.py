@@ -33,10 +33,15 @@ def stratified_split(
 
 
 class ImageBatches(keras.utils.PyDataset):
-    """Float32 batches of ``images[indices]`` with their labels, read from the memory map.
+    """Batches of ``images[indices]`` (uint8, as stored) with their labels, read from the
+    memory map.
 
-    Only one batch is materialized at a time; with ``shuffle`` the order is drawn anew each
-    epoch from a seeded generator, so a run is reproducible.
+    Only one batch is materialized at a time (per worker); the memory map is never copied.
+    The pixels stay uint8 (a quarter of the bytes of float32 to move): the model's input
+    layer converts them to float32 inside the compiled step.
+    With ``shuffle`` the order of each epoch is drawn from a generator seeded by
+    ``(seed, epoch)``, so a run is reproducible, and a resumed run (``start_epoch``) sees
+    the same order an uninterrupted one would have.
     """
 
     def __init__(
@@ -49,27 +54,43 @@ class ImageBatches(keras.utils.PyDataset):
         shuffle: bool = False,
         seed: int = 0,
         binary: bool = True,
+        num_classes: int = 2,
+        start_epoch: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.images = images
-        self.labels = labels.astype("float32" if binary else "int32")
+        labels = np.asarray(labels)
+        # Binary: one float per photo (sigmoid output); else one-hot rows (softmax output),
+        # which categorical cross-entropy can smooth.
+        self.labels = (
+            labels.astype("float32").reshape(-1, 1)
+            if binary
+            else np.eye(num_classes, dtype="float32")[labels.astype("int64")]
+        )
         self.indices = np.asarray(indices)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.binary = binary
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(self.indices) if shuffle else self.indices
+        self.seed = seed
+        self.epoch = start_epoch
+        self.order = self._order_for(self.epoch)
+
+    def _order_for(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return self.indices
+        return np.random.default_rng([self.seed, epoch]).permutation(self.indices)
 
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        x = self.images[chosen].astype("float32")  # sorted reads are sequential on disk
-        y = self.labels[chosen]
-        return x, (y.reshape(-1, 1) if self.binary else y)
+        x = np.asarray(self.images[chosen])  # sorted reads are sequential on disk
+        return x, self.labels[chosen]
 
     def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.order = self.rng.permutation(self.indices)
+        self.epoch += 1
+        self.order = self._order_for(self.epoch)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -214,6 +215,12 @@ class DistributionPlan:
         if self.kind == JAX_DATA_PARALLEL:
             return pad_to_multiple(indices, self.global_batch_size(per_replica_batch))
         return np.asarray(indices)
+
+    def steps_per_epoch(self, indices: np.ndarray, per_replica_batch: int) -> int:
+        """Training steps per epoch over this worker's shard of ``indices``."""
+        batch = (per_replica_batch if self.kind == MULTI_WORKER
+                 else self.global_batch_size(per_replica_batch))
+        return math.ceil(len(self.shard(indices, per_replica_batch)) / batch)
 
     def dataset(
         self,

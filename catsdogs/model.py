@@ -1,4 +1,5 @@
-"""``build_model(config)``: the configurable Conv2D/MaxPooling2D/Flatten/Dense network."""
+"""``build_model(config)``: the configurable Conv2D/MaxPooling2D network, and the training-only
+augmentation wrapped around it."""
 
 from __future__ import annotations
 
@@ -11,45 +12,103 @@ if TYPE_CHECKING:
     import keras
 
 
-def build_model(config: ModelConfig) -> keras.Sequential:
-    """Build (not compile) the classifier described by ``config``.
+def build_model(config: ModelConfig, dtype_policy: str | None = None) -> keras.Sequential:
+    """Build (not compile) the inference classifier described by ``config``.
 
     Pixels arrive as 0..255 RGB and are scaled to [0, 1] by the first layer, so a saved model
-    needs no separate preprocessing. Each block is Conv2D + MaxPooling2D, the filters doubling
-    from block to block; then Flatten, the hidden Dense layers, and one sigmoid unit for two
-    classes (softmax over ``num_classes`` otherwise).
+    needs no separate preprocessing. Each block is Conv2D (+ BatchNormalization when
+    ``config.use_batch_norm``) + activation + MaxPooling2D, the filters doubling from block to
+    block; then the head (Flatten, or GlobalAveragePooling2D for ``head="gap"``), the hidden
+    Dense layers, a Dropout, and one sigmoid unit for two classes (softmax otherwise).
+
+    ``dtype_policy`` (e.g. ``"mixed_float16"``) applies to every layer but the output, which
+    always computes in float32 so that probabilities are exact. The model holds no random
+    layer besides Dropout (inactive at inference), so it exports as it is.
     """
     keras = import_keras()
     from keras import layers
 
     config.validate()
+    policy = {"dtype": dtype_policy} if dtype_policy else {}
+    batch_norm = config.use_batch_norm
     stack: list = [
         keras.Input(shape=(config.image_size, config.image_size, 3), name="image"),
-        layers.Rescaling(1.0 / 255, name="rescale"),
+        layers.Rescaling(1.0 / 255, name="rescale", **policy),
     ]
     for block in range(config.blocks):
+        name = f"block{block + 1}"
         stack.append(
             layers.Conv2D(
                 config.filters * 2**block,
                 config.kernel_size,
                 padding=config.padding,
-                activation=config.activation,
-                name=f"block{block + 1}_conv",
+                activation=None if batch_norm else config.activation,
+                use_bias=not batch_norm,
+                name=f"{name}_conv",
+                **policy,
             )
         )
-        stack.append(layers.MaxPooling2D(config.pool_size, name=f"block{block + 1}_pool"))
-    stack.append(layers.Flatten(name="flatten"))
+        if batch_norm:
+            # momentum 0.9: the moving statistics follow the weights within an epoch or two,
+            # so validation is meaningful from the first epochs of a short run.
+            stack.append(layers.BatchNormalization(momentum=0.9, name=f"{name}_bn", **policy))
+            stack.append(layers.Activation(config.activation, name=f"{name}_act", **policy))
+        stack.append(layers.MaxPooling2D(config.pool_size, name=f"{name}_pool", **policy))
+    if config.head == "gap":
+        stack.append(layers.GlobalAveragePooling2D(name="gap", **policy))
+    else:
+        stack.append(layers.Flatten(name="flatten", **policy))
     for index, units in enumerate(config.dense):
         if config.dropout_rate > 0:
-            stack.append(layers.Dropout(config.dropout_rate, name=f"dropout{index + 1}"))
-        stack.append(layers.Dense(units, activation=config.activation, name=f"dense{index + 1}"))
-    if config.dense and config.dropout_rate > 0:
-        stack.append(layers.Dropout(config.dropout_rate, name="dropout_out"))
+            stack.append(layers.Dropout(config.dropout_rate, name=f"dropout{index + 1}", **policy))
+        stack.append(
+            layers.Dense(units, activation=config.activation, name=f"dense{index + 1}", **policy)
+        )
+    if config.dropout_rate > 0:
+        stack.append(layers.Dropout(config.dropout_rate, name="dropout_out", **policy))
     if config.num_classes == 2:
-        stack.append(layers.Dense(1, activation="sigmoid", name="output"))
+        stack.append(layers.Dense(1, activation="sigmoid", name="output", dtype="float32"))
     else:
-        stack.append(layers.Dense(config.num_classes, activation="softmax", name="output"))
+        stack.append(
+            layers.Dense(config.num_classes, activation="softmax", name="output", dtype="float32")
+        )
     return keras.Sequential(stack, name="catsdogs")
+
+
+def build_augmentation(seed: int) -> keras.Sequential:
+    """Random flips, rotations, zooms, shifts and contrast changes, seeded.
+
+    These layers are active only in training; they are never part of the saved model (see
+    :func:`build_trainer`).
+    """
+    keras = import_keras()
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed, name="flip"),
+            layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1, name="rotate"),
+            layers.RandomZoom(0.15, fill_mode="reflect", seed=seed + 2, name="zoom"),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3,
+                                     name="translate"),
+            layers.RandomContrast(0.2, seed=seed + 4, name="contrast"),
+        ],
+        name="augmentation",
+    )
+
+
+def build_trainer(model: keras.Model, augmentation: keras.Model | None) -> keras.Model:
+    """The model that is trained: ``augmentation`` then ``model``, sharing ``model``'s weights.
+
+    Only ``model`` (the inference network) is saved; the wrapper exists for ``fit``.
+    """
+    keras = import_keras()
+    if augmentation is None:
+        return model
+    return keras.Sequential(
+        [keras.Input(shape=model.input_shape[1:], name="image"), augmentation, model],
+        name="catsdogs_trainer",
+    )
 
 
 def summary_lines(model: keras.Model) -> list[str]:

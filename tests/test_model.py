@@ -10,11 +10,61 @@ ARTICLE = ["--size", "300", "--blocks", "1", "--filters", "10", "--kernel-size",
            "--padding", "valid", "--dense", "0"]
 
 
-def test_article_model_has_219801_parameters(runner):
-    result = runner.invoke(cli, ["summary", *ARTICLE])
+@pytest.mark.parametrize("extra", [
+    [],  # the issue-2 check, as it was written: the defaults must not add parameters
+    ["--head", "flatten", "--no-batch-norm", "--dropout", "0"],  # everything spelled out
+])
+def test_article_model_has_219801_parameters(runner, extra):
+    args = [a for a in ARTICLE if a not in ("--padding", "valid")] if not extra else ARTICLE
+    result = runner.invoke(cli, ["summary", *args, *extra])
     assert result.exit_code == 0, result.output
     assert "Total params: 219,801" in result.output
     assert "(None, 296, 296, 10)" in result.output and "(None, 148, 148, 10)" in result.output
+    assert "BatchNormalization" not in result.output
+
+
+def test_default_recipe_model_has_batch_norm_and_no_random_layers():
+    model = build_model(ModelConfig())
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("BatchNormalization") == 5 and kinds.count("Conv2D") == 5
+    assert not any(kind.startswith("Random") for kind in kinds)
+    assert model.get_layer("block1_conv").use_bias is False  # BN's offset replaces the bias
+
+
+def test_batch_norm_auto_and_explicit():
+    assert not ModelConfig(blocks=2).use_batch_norm and ModelConfig(blocks=3).use_batch_norm
+    assert ModelConfig(blocks=1, batch_norm=True).use_batch_norm
+    assert not ModelConfig(blocks=5, batch_norm=False).use_batch_norm
+    model = build_model(ModelConfig(image_size=32, blocks=1, filters=4, batch_norm=True))
+    assert "block1_bn" in [layer.name for layer in model.layers]
+
+
+def test_gap_head_gives_one_value_per_filter():
+    model = build_model(ModelConfig(image_size=64, blocks=2, filters=4, head="gap",
+                                    dropout_rate=0))
+    assert model.get_layer("gap").output.shape == (None, 8)
+    assert model.count_params() == build_model(
+        ModelConfig(image_size=32, blocks=2, filters=4, head="gap", dropout_rate=0)
+    ).count_params()  # independent of the image size
+
+
+def test_mixed_precision_keeps_the_output_in_float32():
+    model = build_model(ModelConfig(image_size=32, blocks=1, filters=4),
+                        dtype_policy="mixed_float16")
+    assert model.get_layer("block1_conv").compute_dtype == "float16"
+    assert model.get_layer("output").compute_dtype == "float32"
+    assert model.get_layer("output").dtype_policy.name == "float32"
+
+
+def test_augmentation_is_only_in_the_trainer():
+    from catsdogs.model import build_augmentation, build_trainer
+
+    model = build_model(ModelConfig(image_size=32, blocks=1, filters=4))
+    trainer = build_trainer(model, build_augmentation(seed=1))
+    assert [type(layer).__name__ for layer in trainer.layers[0].layers] == [
+        "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast"]
+    assert trainer.layers[1] is model and trainer.count_params() == model.count_params()
+    assert build_trainer(model, None) is model
 
 
 def test_filters_double_per_block_and_output_matches_classes():
@@ -36,15 +86,19 @@ def test_scaling_is_inside_the_model():
 
 @pytest.mark.parametrize("bad", [
     dict(blocks=0), dict(filters=0), dict(dropout_rate=1.0), dict(padding="full"),
-    dict(image_size=16, blocks=5, padding="valid"),
+    dict(image_size=16, blocks=5, padding="valid"), dict(head="dense"),
 ])
 def test_bad_model_configs_raise_value_error(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(validation_split=0.0),
-                                 dict(validation_split=1.0), dict(optimizer="magic")])
+@pytest.mark.parametrize("bad", [
+    dict(epochs=0), dict(validation_split=0.0), dict(validation_split=1.0),
+    dict(optimizer="magic"), dict(lr_schedule="wild"), dict(label_smoothing=1.0),
+    dict(weight_decay=-1), dict(monitor="loss"), dict(patience=-1), dict(device="tpu"),
+    dict(precision="half"),
+])
 def test_bad_train_configs_raise_value_error(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)
@@ -63,3 +117,18 @@ def test_summary_bad_options_are_usage_errors(runner):
     result = runner.invoke(cli, ["summary", "--size", "16", "--blocks", "6"])
     assert result.exit_code == 1 and "blocks" in result.output
     assert "Traceback" not in result.output
+
+
+def test_learning_rate_schedules():
+    from catsdogs.train import make_learning_rate
+
+    def at(schedule, step):
+        return float(schedule(step)) if callable(schedule) else schedule
+
+    cosine = make_learning_rate(TrainConfig(epochs=10, learning_rate=0.01, warmup_epochs=2), 5)
+    assert at(cosine, 0) == pytest.approx(0.001)  # warm-up from a tenth
+    assert at(cosine, 10) == pytest.approx(0.01)  # the peak after 2 epochs of 5 steps
+    assert at(cosine, 50) == pytest.approx(0.0001, rel=1e-3)  # 1% at the end
+    step = make_learning_rate(TrainConfig(epochs=4, learning_rate=0.1, lr_schedule="step"), 10)
+    assert [round(at(step, s), 6) for s in (0, 25, 35)] == [0.1, 0.01, 0.001]
+    assert make_learning_rate(TrainConfig(lr_schedule="constant", learning_rate=0.5), 3) == 0.5

@@ -1,0 +1,205 @@
+"""Training control: interruption and resume, early stopping, determinism, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catsdogs.backend import keras as import_keras
+from catsdogs.cli import cli
+from catsdogs.config import ModelConfig, TrainConfig
+from catsdogs.train import checkpoint_folder, read_checkpoint, train
+
+keras = import_keras()
+
+# The tiny model of conftest.TINY_MODEL, as configs: no augmentation and no dropout, so that
+# two runs can be compared number for number.
+TINY = dict(blocks=1, filters=4, dense=(), dropout_rate=0.0)
+
+
+def tiny_train(**changes) -> TrainConfig:
+    settings = dict(epochs=4, batch_size=4, learning_rate=0.01, augment=False, seed=7)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture
+def prepared(runner, tiny_dataset, tmp_path) -> Path:
+    out = tmp_path / "prepared"
+    result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(out), "--size", "24"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    """Raise KeyboardInterrupt (what Ctrl-C does) at the end of epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+class RecordStart(keras.callbacks.Callback):
+    """Record the optimizer's step count when training (re)starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.iterations: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        self.iterations.append(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))
+
+
+def test_interrupted_run_saves_best_so_far_and_resume_continues(prepared, tmp_path):
+    out = tmp_path / "model"
+    result = train(prepared, out, ModelConfig(**TINY), tiny_train(), callbacks=[InterruptAfter(2)])
+    assert result.interrupted and result.saved and result.epochs_run == 2
+    # --out holds a complete, loadable model of the best epoch so far ...
+    info = json.loads((out / "model.json").read_text())
+    assert info["interrupted"] is True and info["best_epoch"] in (1, 2)
+    assert keras.saving.load_model(out / "model.keras").output_shape == (None, 1)
+    # ... and the checkpoint lives beside it, never inside it.
+    partial = checkpoint_folder(out)
+    assert partial == tmp_path / ".model.partial" and result.checkpoint == partial
+    assert not any(p.name.startswith(".") or "partial" in p.name for p in out.iterdir())
+    state = read_checkpoint(partial)
+    assert state["epochs_done"] == 2
+    assert [row["epoch"] for row in state["keeper"]["rows"]] == [1, 2]  # history survives
+
+    # A new run does not silently discard the interrupted one.
+    with pytest.raises(ValueError, match="--resume"):
+        train(prepared, out, ModelConfig(**TINY), tiny_train())
+
+    recorder = RecordStart()
+    # The configs passed in are ignored on resume: the checkpoint's are used.
+    resumed = train(prepared, out, ModelConfig(blocks=2), TrainConfig(epochs=99), resume=True,
+                    callbacks=[recorder])
+    assert not resumed.interrupted and resumed.resumed_from == 2
+    assert resumed.epochs_run == 4
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    # The optimizer resumed at its step count (so the schedule at its position).
+    steps_per_epoch = int(np.ceil(resumed.num_train / 4))
+    assert recorder.iterations == [2 * steps_per_epoch]
+    assert not partial.exists()
+    info = json.loads((out / "model.json").read_text())
+    assert info["interrupted"] is False and info["training"]["epochs"] == 4
+
+
+def test_resumed_run_matches_an_uninterrupted_one(prepared, tmp_path):
+    """Weights, optimizer state, schedule position and data order all carry over: without
+    augmentation or dropout, the resumed epochs give the same metrics (to float rounding)."""
+    whole = train(prepared, tmp_path / "whole", ModelConfig(**TINY), tiny_train())
+    train(prepared, tmp_path / "split", ModelConfig(**TINY), tiny_train(),
+          callbacks=[InterruptAfter(2)])
+    resumed = train(prepared, tmp_path / "split", ModelConfig(**TINY), tiny_train(),
+                    resume=True)
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert a["epoch"] == b["epoch"]
+        for key in ("loss", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a, b)
+
+
+def test_resume_without_checkpoint_is_an_error(runner, prepared, tmp_path):
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out",
+                                 str(tmp_path / "m"), "--resume"])
+    assert result.exit_code == 1 and "no interrupted run" in result.output
+
+
+def test_same_seed_same_validation_accuracy(prepared, tmp_path):
+    """CPU, same seed, same data, augmentation on: identical validation accuracy, and
+    validation loss equal to 1e-5."""
+    config = tiny_train(augment=True, epochs=3)
+    first = train(prepared, tmp_path / "a", ModelConfig(**TINY), config)
+    second = train(prepared, tmp_path / "b", ModelConfig(**TINY), tiny_train(augment=True,
+                                                                             epochs=3))
+    for a, b in zip(first.history, second.history, strict=True):
+        assert a["val_accuracy"] == b["val_accuracy"]
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+
+
+def test_early_stopping_and_best_by_accuracy(prepared, tmp_path):
+    result = train(prepared, tmp_path / "m", ModelConfig(**TINY),
+                   tiny_train(epochs=30, monitor="val_accuracy", patience=2))
+    assert result.stopped_early and result.epochs_run == result.best_epoch + 2 < 30
+    best = max(row["val_accuracy"] for row in result.history)
+    assert result.best["val_accuracy"] == best
+    # The first epoch reaching the best accuracy is the one kept (later ties are not better).
+    assert result.best_epoch == next(r["epoch"] for r in result.history
+                                     if r["val_accuracy"] == best)
+
+
+def test_model_folder_has_curves_and_no_random_layers(runner, prepared, tmp_path):
+    out = tmp_path / "model"
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
+                                 "--blocks", "2", "--filters", "4", "--head", "gap",
+                                 "--batch-norm", "--epochs", "2", "--batch-size", "8",
+                                 "--lr-schedule", "step", "--optimizer", "sgd",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "Training on CPU (--device cpu)." in result.output
+    assert "Best epoch" in result.output and "by val_loss" in result.output
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and history["learning_rate"].iloc[1] > 0
+    model = keras.saving.load_model(out / "model.keras")
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert not any(kind.startswith("Random") for kind in kinds)
+    assert {"BatchNormalization", "GlobalAveragePooling2D"} <= kinds
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["augment"] is True and info["model"]["head"] == "gap"
+    assert info["precision"] == "float32"
+    assert not checkpoint_folder(out).exists()
+
+
+def test_ctrl_c_in_a_real_process_then_resume(prepared, tmp_path):
+    """SIGINT to ``catsdogs train``: exit 130, best model saved, --resume finishes the run."""
+    out = tmp_path / "model"
+    args = [sys.executable, "-m", "catsdogs", "train", "--data", str(prepared), "--out",
+            str(out), "--blocks", "1", "--filters", "4", "--epochs", "500",
+            "--batch-size", "4"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "epoch   3/500" not in seen and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen += line
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, (seen + stdout, stderr)
+    assert "Interrupted after" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    assert f"Saved model to {out}" in seen + stdout
+    assert json.loads((out / "model.json").read_text())["interrupted"] is True
+    done = read_checkpoint(checkpoint_folder(out))["epochs_done"]
+    assert 2 <= done < 500  # the line of epoch 3 is printed before its checkpoint
+
+
+def test_mixed_precision_run_saves_a_float32_output(prepared, tmp_path):
+    """--precision mixed (the GPU default) also runs on the CPU; the saved model's
+    probabilities are float32."""
+    out = tmp_path / "m"
+    result = train(prepared, out, ModelConfig(**TINY), tiny_train(epochs=1, precision="mixed"))
+    assert result.precision == "mixed"
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.get_layer("block1_conv").compute_dtype == "float16"
+    images = np.zeros((2, 24, 24, 3), dtype="float32")
+    assert keras.ops.convert_to_numpy(model(images)).dtype == np.float32
+    assert json.loads((out / "model.json").read_text())["precision"] == "mixed"
