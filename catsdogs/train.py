@@ -16,6 +16,7 @@ from catsdogs import __version__, bundle
 from catsdogs.backend import describe_device
 from catsdogs.backend import keras as import_keras
 from catsdogs.config import ModelConfig, TrainConfig
+from catsdogs.export import export_onnx
 from data_prep import safeio
 from data_prep.store import PreparedDataset, read_dataset
 
@@ -144,6 +145,7 @@ def train(
     tmp.mkdir(parents=True)
     try:
         model.save(tmp / "model.keras")
+        onnx = export_onnx(model, tmp / "model.onnx")  # fast, Keras-free predict (#5)
         info = {
             "format": bundle.FORMAT,
             "classes": dataset.classes,
@@ -161,6 +163,7 @@ def train(
             "backend": keras.backend.backend(),
             "keras_version": keras.__version__,
             "catsdogs_version": __version__,
+            "onnx": onnx,
         }
         (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         import pandas as pd
