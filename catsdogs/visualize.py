@@ -209,9 +209,9 @@ def visualize(
         side = display.shape[0]
         big = cv2.resize(heat, (side, side), interpolation=cv2.INTER_CUBIC)
         limit = float(np.abs(heat).max()) or 1e-6
-        figure, grid = plt.subplots(1, 3, figsize=(13, 4.6))
+        figure, grid = plt.subplots(1, 3, figsize=(14, 5), layout="constrained")
         grid[0].imshow(display)
-        grid[0].set_title(f"photo, model input {shape_text(pixels.shape)}")
+        grid[0].set_title(f"{verdict}\nphoto; model input {shape_text(pixels.shape)}")
         shown = grid[1].imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit,
                                interpolation="nearest")
         grid[1].set_title(f"occlusion sensitivity {shape_text(heat.shape)}\n"
@@ -219,12 +219,11 @@ def visualize(
         figure.colorbar(shown, ax=grid[1], fraction=0.046, pad=0.04,
                         label=f"drop in p({label})")
         grid[2].imshow(display)
-        positive = np.clip(big / limit, 0, 1)
-        grid[2].imshow(positive, cmap="jet", alpha=0.6 * positive, vmin=0, vmax=1)
+        positive = np.clip(big / max(float(big.max()), 1e-12), 0, 1)
+        grid[2].imshow(positive, cmap="jet", alpha=0.75 * positive, vmin=0, vmax=1)
         grid[2].set_title(f"regions that drove '{label}'")
         for axes in grid:
             axes.axis("off")
-        figure.suptitle(verdict)
         save(figure, tmp / "heatmap.png")
 
         files = sorted(p.name for p in tmp.iterdir())
