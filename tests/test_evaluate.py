@@ -155,3 +155,15 @@ def test_evaluate_errors(runner, trained_model, tmp_path):
     missing = runner.invoke(cli, ["evaluate", str(tmp_path / "none"), "--model",
                                   str(trained_model)])
     assert missing.exit_code == 1 and "Traceback" not in missing.output
+
+
+def test_unreadable_photos_are_reported_and_left_out(runner, trained_model, labelled,
+                                                      tmp_path):
+    (labelled / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff cut short")
+    out = tmp_path / "report"
+    result = runner.invoke(cli, ["evaluate", str(labelled), "--model", str(trained_model),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "broken.jpg: truncated JPEG" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 12 and metrics["unreadable"] == 1
