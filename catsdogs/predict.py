@@ -12,8 +12,10 @@ Photos are decoded by :func:`data_prep.images.load_image`, the code ``prepare`` 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from data_prep.images import ImageError, load_image
 
 ENGINES = ("auto", "onnx", "keras")
 GLOB_CHARACTERS = frozenset("*?[")
+DECODE_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -172,7 +175,7 @@ class Predictor:
     ) -> Iterator[Prediction]:
         """Predict each photo, in input order, decoding ``batch_size`` photos at a time.
 
-        A generator all the way down: at most one batch of pixels is held, whatever the
+        A generator all the way down: at most two batches of pixels are held, whatever the
         number of photos, and the first answers come before the last photo is listed.
         With ``expand=False`` every path is one photo (no folders, no patterns): exactly one
         prediction per path.
@@ -181,23 +184,28 @@ class Predictor:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if threshold is not None:
             decide(np.zeros((1, len(self.classes))), threshold)  # checks it before any work
-        pending: list[tuple[Prediction, np.ndarray | None]] = []
-        waiting = 0
         items = expand_paths(paths) if expand else ((Path(p), None) for p in paths)
-        for path, problem in items:
-            if problem is None:
-                try:
-                    pixels = load_image(path, self.info.image_size, self.info.resize_policy)
-                    pending.append((Prediction(str(path)), pixels))
-                    waiting += 1
-                except (ImageError, ValueError) as error:
-                    problem = getattr(error, "reason", str(error))
-            if problem is not None:
-                pending.append((Prediction(str(path), error=problem), None))
-            if waiting >= batch_size or (not waiting and pending):
-                yield from self._flush(pending, threshold, top)
-                pending, waiting = [], 0
-        yield from self._flush(pending, threshold, top)
+        chunks = iter(lambda: list(itertools.islice(items, batch_size)), [])
+        # Photos are decoded by a few threads (OpenCV releases the GIL), one batch ahead of
+        # the model: while batch N is predicted, batch N + 1 is read. Two batches at most.
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            ahead: list[Future] = []
+            for chunk in chunks:
+                decoding = [pool.submit(self._decode, path, problem) for path, problem in chunk]
+                if ahead:
+                    yield from self._flush([f.result() for f in ahead], threshold, top)
+                ahead = decoding
+            if ahead:
+                yield from self._flush([f.result() for f in ahead], threshold, top)
+
+    def _decode(self, path: Path, problem: str | None) -> tuple[Prediction, np.ndarray | None]:
+        if problem is None:
+            try:
+                pixels = load_image(path, self.info.image_size, self.info.resize_policy)
+                return Prediction(str(path)), pixels
+            except (ImageError, ValueError) as error:
+                problem = getattr(error, "reason", str(error))
+        return Prediction(str(path), error=problem), None
 
     def predict_images(
         self, images: np.ndarray, names: list[str], threshold: float | None = None
