@@ -1,6 +1,7 @@
 """``visualize(image, model_dir, out)``: what the network sees in one photo, as PNGs.
 
-* ``features_<n>_<layer>.png``: the feature maps of each convolution block for the photo;
+* ``features_<n>_<layer>.png``: the feature maps of each convolution block for the photo
+  (the 32 most active channels when there are more);
 * ``filters.png``: the first convolution layer's learned filters, as small RGB pictures;
 * ``heatmap.png``: occlusion sensitivity: a grey square is slid over the photo and the drop
   in the predicted class's probability is drawn where the square was. It needs nothing but
@@ -170,10 +171,13 @@ def visualize(
                                         squeeze=False)
             for axes in grid.flat:
                 axes.axis("off")
-            for channel, axes in zip(range(shown), grid.flat, strict=False):
+            strongest = np.argsort(-maps.reshape(-1, channels).mean(axis=0), kind="stable")
+            chosen = sorted(int(c) for c in strongest[:shown])
+            for channel, axes in zip(chosen, grid.flat, strict=False):
                 axes.imshow(maps[:, :, channel], cmap="viridis", interpolation="nearest")
                 axes.set_title(f"{layer.name}[{channel}]", fontsize=7)
-            more = f", first {shown} of {channels} channels" if shown < channels else ""
+            more = (f", the {shown} most active of {channels} channels"
+                    if shown < channels else "")
             figure.suptitle(
                 f"{layer.name} ({type(layer).__name__}) feature maps: output "
                 f"{shape_text(maps.shape)}{more}\n{verdict}", fontsize=10)
