@@ -434,37 +434,206 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
         raise SystemExit(130)
 
 
+ENGINE_HELP = ("onnx: model.onnx with onnxruntime (fast start, no TensorFlow); keras: "
+               "model.keras; auto: onnx when the model folder has it.")
+
+
+def model_option(function: Callable) -> Callable:
+    return click.option("--model", "-m", "model_dir", type=click.Path(path_type=Path),
+                        default=DEFAULT_MODEL, show_default=True,
+                        help="Trained model folder.")(function)
+
+
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "-m", "model_dir", type=click.Path(path_type=Path),
-              default=DEFAULT_MODEL, show_default=True, help="Trained model folder.")
+@click.argument("paths", nargs=-1, required=True)
+@model_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array instead of lines.")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Print CSV: path, label, probability, one column per class, error.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Two-class models: say the second class when its probability is above "
+                   "this (default: the more probable class).")
+@click.option("--top", type=click.IntRange(1, 1000), default=None,
+              help="Also show the K most probable classes of each photo.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Photos decoded and predicted together.")
-def predict(paths: tuple[Path, ...], model_dir: Path, as_json: bool, batch_size: int) -> None:
+@click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
+              show_default=True, help=ENGINE_HELP)
+def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool,
+            threshold: float | None, top: int | None, batch_size: int, engine: str) -> None:
     """Say which class each photo is, and how sure the model is.
 
-    PATHS are photos or folders of photos. Exit code 1 when a photo could not be read
-    (the others are still predicted).
+    PATHS are photos, folders of photos (searched recursively) or glob patterns
+    ('photos/**/*.jpg', quoted or not). Photos are streamed in batches, so any
+    number of them takes the same memory. Exit code 1 when a photo could not be
+    read (the others are still predicted).
 
     \b
     Example:
         catsdogs predict photo.jpg
-        catsdogs predict holiday/ --json > answers.json
+        catsdogs predict holiday/ 'more/*.png' --json > answers.json
+        catsdogs predict holiday/ --csv --threshold 0.8 > answers.csv
     """
     from catsdogs.predict import Predictor
 
-    predictor = Predictor(model_dir)
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    predictor = Predictor(model_dir, engine=engine)
+    classes = predictor.classes
+    if threshold is not None and len(classes) != 2:
+        raise click.BadParameter(f"the model has {len(classes)} classes; --threshold needs "
+                                 "two (use --top)", param_hint="'--threshold'")
+    top = min(top, len(classes)) if top else 0
     failed = 0
-    results = []
-    for prediction in predictor.predict_paths(paths, batch_size=batch_size):
+    count = 0
+    writer = None
+    if as_csv:
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "label", "probability", *classes, "error"])
+    elif as_json:
+        click.echo("[", nl=False)
+    for prediction in predictor.predict_paths(paths, batch_size=batch_size,
+                                              threshold=threshold, top=top):
         if prediction.error is not None:
             failed += 1
             click.echo(f"error: {prediction.path}: {prediction.error}", err=True)
-        elif not as_json:
-            click.echo(f"{prediction.path}: {prediction.label} ({prediction.probability:.1%})")
-        results.append(prediction.to_dict())
+        if writer is not None:
+            if prediction.error is not None:
+                writer.writerow([prediction.path, "", "", *[""] * len(classes), prediction.error])
+            else:
+                writer.writerow([prediction.path, prediction.label, prediction.probability,
+                                 *[prediction.probabilities[name] for name in classes], ""])
+        elif as_json:
+            text = json.dumps(prediction.to_dict(), indent=2).replace("\n", "\n  ")
+            click.echo(("\n  " if count == 0 else ",\n  ") + text, nl=False)
+        elif prediction.error is None:
+            line = f"{prediction.path}: {prediction.label} ({prediction.probability:.1%})"
+            if top:
+                line += "  top: " + ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
+            click.echo(line)
+        count += 1
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo("\n]" if count else "]")
     if failed:
         raise SystemExit(1)
+
+
+def percent(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:6.1%}"
+
+
+@cli.command()
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@model_option
+@click.option("--out", "-o", type=click.Path(path_type=Path), default="evaluation",
+              show_default=True, help="Folder to write metrics.json, predictions.csv, "
+                                      "confusion.png and mistakes.png to.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Two-class models: say the second class when its probability is above "
+                   "this (as in predict).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Photos decoded and predicted together.")
+@click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
+              show_default=True, help=ENGINE_HELP)
+@click.option("--force", is_flag=True, help="Replace an evaluation already in --out.")
+def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | None,
+             batch_size: int, engine: str, force: bool) -> None:
+    """Measure the model on labelled photos it has not trained on.
+
+    DATA is a folder of labelled photos (any layout prepare accepts) or a prepared
+    dataset, of which the test split is used (prepare --test-fraction). Default:
+    ./prepared. Prints accuracy, per-class precision, recall and F1, the confusion
+    matrix, ROC AUC and log loss, and writes them to --out with every prediction
+    and pictures of the confusion matrix and the worst mistakes.
+
+    \b
+    Example:
+        catsdogs evaluate ~/held_out_photos
+        catsdogs evaluate prepared --model model --out evaluation --force
+    """
+    from catsdogs.evaluate import evaluate as evaluate_model
+
+    data = data if data is not None else Path(DEFAULT_DATA)
+    result = evaluate_model(data, model_dir, out, engine=engine, batch_size=batch_size,
+                            threshold=threshold, force=force)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for path, reason in result.unreadable[:5]:
+        click.echo(f"error: {path}: {reason}", err=True)
+    if len(result.unreadable) > 5:
+        click.echo(f"error: ... and {len(result.unreadable) - 5} more unreadable photos",
+                   err=True)
+    metrics = result.metrics
+    classes = result.classes
+    click.echo(f"Evaluated {metrics['n']:,} photos from {data} ({result.engine})")
+    click.echo(f"accuracy  {metrics['accuracy']:.4f}")
+    auc = metrics["roc_auc"]
+    click.echo(f"ROC AUC   {'n/a (one class present)' if auc is None else f'{auc:.4f}'}")
+    click.echo(f"log loss  {metrics['log_loss']:.4f}")
+    width = max(8, *(len(name) for name in classes))
+    click.echo("")
+    click.echo(f"{'class':<{width}}  precision  recall     f1  photos")
+    matrix = metrics["confusion_matrix"]
+    for index, name in enumerate(classes):
+        click.echo(f"{name:<{width}}     {percent(metrics['precision'][name])}  "
+                   f"{percent(metrics['recall'][name])} {percent(metrics['f1'][name])}  "
+                   f"{sum(matrix[index]):>6,}")
+    click.echo("")
+    click.echo("confusion matrix (rows: true class, columns: predicted)")
+    cell = max(7, *(len(name) for name in classes))
+    click.echo(" " * width + "  " + "".join(f"{name:>{cell}}" for name in classes))
+    for index, name in enumerate(classes):
+        click.echo(f"{name:<{width}}  " + "".join(f"{n:>{cell},}" for n in matrix[index]))
+    click.echo("")
+    click.echo(f"Wrote {', '.join(result.files)} to {out}")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@model_option
+@click.option("--out", "-o", type=click.Path(path_type=Path), default="visualization",
+              show_default=True, help="Folder to write the PNGs to.")
+@click.option("--force", is_flag=True, help="Replace a visualization already in --out.")
+def visualize(image: Path, model_dir: Path, out: Path, force: bool) -> None:
+    """Draw what the network sees in IMAGE, as PNGs.
+
+    The feature maps of each convolution block, the first layer's learned filters,
+    and a heat map of the regions that drove the decision (occlusion sensitivity:
+    how much the answer drops when a grey square hides each part of the photo).
+
+    \b
+    Example:
+        catsdogs visualize photo.jpg
+        catsdogs visualize photo.jpg --model model --out why_dog --force
+    """
+    from catsdogs.visualize import visualize as draw
+
+    result = draw(image, model_dir, out, force=force)
+    click.echo(f"{image}: {result.label} ({result.probability:.1%})")
+    click.echo(f"Wrote {', '.join(result.files)} to {out}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def info(as_json: bool) -> None:
+    """Print the versions of catsdogs, Keras, its backend, OpenCV and onnxruntime, and the
+    devices found (GPU names, or CPU): what a bug report needs.
+
+    \b
+    Example:
+        catsdogs info
+        KERAS_BACKEND=jax catsdogs info --json
+    """
+    from catsdogs.info import collect
+
+    facts = collect()
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    for key, value in facts.items():
+        if isinstance(value, list):
+            value = ", ".join(value) if value else "none"
+        click.echo(f"{key + ':':<23}{value if value is not None else 'not installed'}")

@@ -1,63 +1,152 @@
-"""Predict the class of photos with a trained model folder."""
+"""Predict the class of photos with a trained model folder, streamed in batches.
+
+Two engines give the same probabilities (to 1e-4, checked when the model is exported):
+
+* ``onnx``: ``model.onnx`` through onnxruntime. Neither TensorFlow nor Keras is imported, so a
+  single prediction starts fast. Used by default when the file and onnxruntime are there.
+* ``keras``: ``model.keras`` through Keras, the reference; the fallback.
+
+Photos are decoded by :func:`data_prep.images.load_image`, the code ``prepare`` uses.
+"""
 
 from __future__ import annotations
 
+import glob
+import itertools
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from catsdogs.bundle import ModelInfo, load_keras_model, read_model_info
+from catsdogs.bundle import ModelInfo, read_model_info
 from data_prep.discover import is_clutter
 from data_prep.images import ImageError, load_image
+
+ENGINES = ("auto", "onnx", "keras")
+GLOB_CHARACTERS = frozenset("*?[")
+DECODE_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
 class Prediction:
-    """One photo's answer, or the reason it has none (``error``)."""
+    """One photo's answer, or the reason it has none (``error``).
+
+    ``scores`` holds the unrounded probabilities (one per class, in class order); it is for
+    computing metrics and is left out of :meth:`to_dict`.
+    """
 
     path: str
     label: str | None = None
     probability: float | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    top: list[tuple[str, float]] = field(default_factory=list)
+    scores: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        return {
+        row: dict[str, Any] = {
             "path": self.path,
             "label": self.label,
             "probability": self.probability,
             "probabilities": self.probabilities,
         }
+        if self.top:
+            row["top"] = [{"label": name, "probability": p} for name, p in self.top]
+        return row
 
 
-def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Each file as given; each folder as the files below it (sorted, clutter left out).
+def decide(scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The predicted class index of each row of ``scores`` (n, num_classes).
 
-    A path that does not exist is yielded as is, so that it gets its own error line.
+    With two classes and a ``threshold``, the second class wins when its probability is above
+    the threshold; otherwise (and by default) the most probable class wins, the first on a tie.
+    ``predict`` and ``evaluate`` both decide here, so they always agree.
+    """
+    scores = np.asarray(scores)
+    if threshold is not None:
+        if scores.shape[1] != 2:
+            raise ValueError("--threshold applies to two-class models only; use --top instead")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        return (scores[:, 1] > threshold).astype(int)
+    return np.argmax(scores, axis=1)
+
+
+def expand_paths(
+    paths: Iterable[str | os.PathLike[str]],
+) -> Iterator[tuple[Path, str | None]]:
+    """``(path, None)`` for every photo named, or ``(path, reason)`` when there is none.
+
+    Files are taken as given; folders give the files below them (sorted, recursively,
+    clutter left out); a name that does not exist but holds ``*``, ``?`` or ``[`` is expanded
+    as a glob pattern (``**`` crosses folders), so quoted patterns work as well as the shell's.
+    Lazy: nothing is listed before it is needed.
     """
     for item in paths:
         path = Path(item)
         if path.is_dir():
+            found = False
             for root, dirs, files in os.walk(path, followlinks=True):
                 dirs[:] = sorted(d for d in dirs if not is_clutter(d))
                 for name in sorted(files):
                     if not is_clutter(name):
-                        yield Path(root) / name
+                        found = True
+                        yield Path(root) / name, None
+            if not found:
+                yield path, "no photos in folder"
+        elif path.exists() or path.is_symlink():
+            yield path, None
+        elif GLOB_CHARACTERS & set(str(item)):
+            matches = sorted(glob.iglob(str(item), recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file() and not is_clutter(Path(m).name)]
+            if not files:
+                yield path, "no file matches this pattern"
+            for match in files:
+                yield match, None
         else:
-            yield path
+            yield path, "no such file"
+
+
+def choose_engine(info: ModelInfo, engine: str = "auto") -> str:
+    """``"onnx"`` or ``"keras"``: what ``engine`` means for this model folder."""
+    from catsdogs.export import ONNX_NAME, onnxruntime_available
+
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+    has_onnx = (info.path / ONNX_NAME).is_file()
+    if engine == "onnx":
+        if not has_onnx:
+            raise FileNotFoundError(f"{info.path} holds no {ONNX_NAME}; use --engine keras")
+        if not onnxruntime_available():
+            raise ValueError("onnxruntime is not installed; use --engine keras")
+        return "onnx"
+    if engine == "auto" and has_onnx and onnxruntime_available():
+        return "onnx"
+    return "keras"
 
 
 class Predictor:
     """A loaded model folder that turns photo paths into :class:`Prediction` objects."""
 
-    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], engine: str = "auto") -> None:
         self.info: ModelInfo = read_model_info(model_dir)
-        self.model = load_keras_model(self.info)
+        self.engine = choose_engine(self.info, engine)
+        if self.engine == "onnx":
+            from catsdogs.export import ONNX_NAME, OnnxModel
+
+            self.model: Any = OnnxModel(
+                self.info.path / ONNX_NAME, self.info.image_size, len(self.classes)
+            )
+        else:
+            from catsdogs.bundle import load_keras_model
+
+            self.model = load_keras_model(self.info)
 
     @property
     def classes(self) -> list[str]:
@@ -65,41 +154,88 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(n, num_classes) class probabilities for a uint8 batch (n, size, size, 3)."""
-        raw = np.asarray(self.model.predict_on_batch(images.astype("float32")), dtype="float64")
+        batch = np.ascontiguousarray(images, dtype="float32")
+        if self.engine == "onnx":
+            raw = self.model.predict(batch)
+        else:
+            raw = self.model.predict_on_batch(batch)
+        raw = np.asarray(raw, dtype="float64")
         if len(self.classes) == 2:
             positive = raw.reshape(-1)
             return np.stack([1.0 - positive, positive], axis=1)
-        return raw
+        return raw.reshape(len(batch), len(self.classes))
 
     def predict_paths(
-        self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 32
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        batch_size: int = 32,
+        threshold: float | None = None,
+        top: int = 0,
+        expand: bool = True,
     ) -> Iterator[Prediction]:
-        """Predict each photo, in input order, decoding ``batch_size`` photos at a time."""
-        pending: list[tuple[Prediction, np.ndarray | None]] = []
-        for path in expand_paths(paths):
+        """Predict each photo, in input order, decoding ``batch_size`` photos at a time.
+
+        A generator all the way down: at most two batches of pixels are held, whatever the
+        number of photos, and the first answers come before the last photo is listed.
+        With ``expand=False`` every path is one photo (no folders, no patterns): exactly one
+        prediction per path.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if threshold is not None:
+            decide(np.zeros((1, len(self.classes))), threshold)  # checks it before any work
+        items = expand_paths(paths) if expand else ((Path(p), None) for p in paths)
+        chunks = iter(lambda: list(itertools.islice(items, batch_size)), [])
+        # Photos are decoded by a few threads (OpenCV releases the GIL), one batch ahead of
+        # the model: while batch N is predicted, batch N + 1 is read. Two batches at most.
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            ahead: list[Future] = []
+            for chunk in chunks:
+                decoding = [pool.submit(self._decode, path, problem) for path, problem in chunk]
+                if ahead:
+                    yield from self._flush([f.result() for f in ahead], threshold, top)
+                ahead = decoding
+            if ahead:
+                yield from self._flush([f.result() for f in ahead], threshold, top)
+
+    def _decode(self, path: Path, problem: str | None) -> tuple[Prediction, np.ndarray | None]:
+        if problem is None:
             try:
                 pixels = load_image(path, self.info.image_size, self.info.resize_policy)
-                pending.append((Prediction(str(path)), pixels))
+                return Prediction(str(path)), pixels
             except (ImageError, ValueError) as error:
-                reason = getattr(error, "reason", str(error))
-                if not Path(path).exists():
-                    reason = "no such file"
-                pending.append((Prediction(str(path), error=reason), None))
-            if sum(pixels is not None for _, pixels in pending) >= batch_size:
-                yield from self._flush(pending)
-                pending = []
-        yield from self._flush(pending)
+                problem = getattr(error, "reason", str(error))
+        return Prediction(str(path), error=problem), None
 
-    def _flush(self, pending: list[tuple[Prediction, np.ndarray | None]]) -> Iterator[Prediction]:
+    def predict_images(
+        self, images: np.ndarray, names: list[str], threshold: float | None = None
+    ) -> list[Prediction]:
+        """Predictions for already decoded images (a batch of a prepared dataset)."""
+        return list(self._flush(list(zip(
+            (Prediction(name) for name in names), images, strict=True)), threshold, 0))
+
+    def _flush(
+        self,
+        pending: list[tuple[Prediction, np.ndarray | None]],
+        threshold: float | None,
+        top: int,
+    ) -> Iterator[Prediction]:
         good = [pixels for _, pixels in pending if pixels is not None]
-        probabilities = iter(self.probabilities(np.stack(good)) if good else [])
+        if good:
+            scores = self.probabilities(np.stack(good))
+            chosen = iter(decide(scores, threshold))
+            rows = iter(scores)
         for prediction, pixels in pending:
             if pixels is not None:
-                row = next(probabilities)
-                best = int(np.argmax(row))
+                row = next(rows)
+                best = int(next(chosen))
+                prediction.scores = row
                 prediction.label = self.classes[best]
                 prediction.probability = round(float(row[best]), 6)
                 prediction.probabilities = {
                     name: round(float(p), 6) for name, p in zip(self.classes, row, strict=True)
                 }
+                if top:
+                    order = np.argsort(-row, kind="stable")[:top]
+                    prediction.top = [(self.classes[i], round(float(row[i]), 6)) for i in order]
             yield prediction

@@ -278,7 +278,7 @@ def test_two_workers_on_loopback(prepared, tmp_path, runner, unseen_photos):
     # half-written copy); the other worker's scratch folder is gone.
     assert sorted(p.name for p in models.iterdir()) == ["model"]
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "history.csv", "model.json",
-                                                   "model.keras"]
+                                                   "model.keras", "model.onnx"]
     assert list(temps[1].iterdir()) == []
 
     photos = [str(p) for p in unseen_photos["cats"] + unseen_photos["dogs"]]

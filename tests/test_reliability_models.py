@@ -67,8 +67,8 @@ def test_a_model_with_a_lambda_layer_is_refused_and_its_code_never_runs(
     marker = tmp_path / "lambda-ran"
     monkeypatch.setenv("CATSDOGS_TEST_MARKER", str(marker))
 
-    result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
-                                 str(model_copy)])
+    result = runner.invoke(cli, ["predict", "--engine", "keras", str(unseen_photos["cats"][0]),
+                                 "--model", str(model_copy)])
     assert result.exit_code == 1
     assert last_line(result) == (
         f"Error: cannot load {model_copy / 'model.keras'}: it contains a Lambda layer "
@@ -102,8 +102,8 @@ FUNCTION_REFERENCE = {"module": "keras.models", "class_name": "function",
 def test_a_tampered_model_config_is_refused(runner, model_copy, unseen_photos, tamper,
                                             message):
     rewrite_config(model_copy, tamper)
-    result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
-                                 str(model_copy)])
+    result = runner.invoke(cli, ["predict", "--engine", "keras", str(unseen_photos["cats"][0]),
+                                 "--model", str(model_copy)])
     assert result.exit_code == 1
     assert last_line(result) == f"Error: cannot load {model_copy / 'model.keras'}: {message}"
 
@@ -125,8 +125,8 @@ def test_a_broken_model_archive_is_one_clear_line(runner, model_copy, unseen_pho
             archive.writestr("config.json", "[" * 200_000 + "]" * 200_000)
     else:
         path.write_bytes(content)
-    result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
-                                 str(model_copy)])
+    result = runner.invoke(cli, ["predict", "--engine", "keras", str(unseen_photos["cats"][0]),
+                                 "--model", str(model_copy)])
     assert result.exit_code == 1
     assert last_line(result) == f"Error: cannot load {path}: {message}"
 
@@ -134,8 +134,8 @@ def test_a_broken_model_archive_is_one_clear_line(runner, model_copy, unseen_pho
 def test_a_truncated_model_archive_is_one_clear_line(runner, model_copy, unseen_photos):
     path = model_copy / "model.keras"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
-                                 str(model_copy)])
+    result = runner.invoke(cli, ["predict", "--engine", "keras", str(unseen_photos["cats"][0]),
+                                 "--model", str(model_copy)])
     assert result.exit_code == 1
     assert last_line(result).startswith(f"Error: cannot load {path}: ")
 
@@ -161,8 +161,8 @@ def test_model_json_with_wrong_types_is_one_clear_line(runner, model_copy, unsee
     info = json.loads(meta.read_text())
     info.update(change)
     meta.write_text(json.dumps(info))
-    result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
-                                 str(model_copy)])
+    result = runner.invoke(cli, ["predict", "--engine", "keras", str(unseen_photos["cats"][0]),
+                                 "--model", str(model_copy)])
     assert result.exit_code == 1
     assert last_line(result).startswith(f"Error: {meta}: {message}")
 
@@ -176,8 +176,8 @@ def test_model_json_with_wrong_types_is_one_clear_line(runner, model_copy, unsee
 def test_model_json_that_is_not_an_object_is_one_clear_line(runner, model_copy, unseen_photos,
                                                             text, message):
     (model_copy / "model.json").write_text(text, encoding="latin1")
-    result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
-                                 str(model_copy)])
+    result = runner.invoke(cli, ["predict", "--engine", "keras", str(unseen_photos["cats"][0]),
+                                 "--model", str(model_copy)])
     assert result.exit_code == 1
     assert message in last_line(result)
 
@@ -185,8 +185,8 @@ def test_model_json_that_is_not_an_object_is_one_clear_line(runner, model_copy, 
 def test_image_size_that_does_not_match_the_model(runner, model_copy, unseen_photos):
     meta = model_copy / "model.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "image_size": 32}))
-    result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
-                                 str(model_copy)])
+    result = runner.invoke(cli, ["predict", "--engine", "keras", str(unseen_photos["cats"][0]),
+                                 "--model", str(model_copy)])
     assert result.exit_code == 1
     assert last_line(result) == (
         f"Error: {model_copy}/model.json says 32px images but the model expects input "
@@ -194,12 +194,31 @@ def test_image_size_that_does_not_match_the_model(runner, model_copy, unseen_pho
     )
 
 
+def test_onnx_model_that_does_not_match_model_json(runner, model_copy, unseen_photos):
+    meta = model_copy / "model.json"
+    original = json.loads(meta.read_text())
+    photo = str(unseen_photos["cats"][0])
+    meta.write_text(json.dumps({**original, "image_size": 32}))
+    result = runner.invoke(cli, ["predict", "--engine", "onnx", photo, "--model",
+                                 str(model_copy)])
+    assert result.exit_code == 1
+    assert last_line(result) == (
+        f"Error: {model_copy}/model.onnx expects input (24, 24, 3) but model.json says "
+        "32x32 RGB images"
+    )
+    meta.write_text(json.dumps({**original, "classes": ["cats", "dogs", "birds"]}))
+    result = runner.invoke(cli, ["predict", "--engine", "onnx", photo, "--model",
+                                 str(model_copy)])
+    assert result.exit_code == 1
+    assert last_line(result) == f"Error: {model_copy}/model.onnx: 1 outputs for 3 classes"
+
+
 def test_class_count_that_does_not_match_the_model(runner, model_copy, unseen_photos):
     meta = model_copy / "model.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()),
                                 "classes": ["cats", "dogs", "birds"]}))
-    result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
-                                 str(model_copy)])
+    result = runner.invoke(cli, ["predict", "--engine", "keras", str(unseen_photos["cats"][0]),
+                                 "--model", str(model_copy)])
     assert result.exit_code == 1
     assert last_line(result) == f"Error: {model_copy}: model has 1 outputs for 3 classes"
 

@@ -1,0 +1,54 @@
+"""``catsdogs info``: the versions and devices a bug report needs."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from catsdogs import __version__
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def collect() -> dict[str, object]:
+    """Versions of catsdogs, Python, Keras and its backend, OpenCV, NumPy, onnxruntime and
+    matplotlib, and the devices the backend can use. Imports Keras (and so its backend)."""
+    import cv2
+    import numpy as np
+
+    from catsdogs.backend import devices
+    from catsdogs.backend import keras as import_keras
+
+    keras = import_keras()
+    backend = keras.backend.backend()
+    backend_package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch",
+                       "numpy": "numpy"}.get(backend, backend)
+    onnx = package_version("onnxruntime") or package_version("onnxruntime-gpu")
+    providers: list[str] = []
+    if onnx:
+        from catsdogs.export import import_onnxruntime
+
+        providers = list(import_onnxruntime().get_available_providers())
+    found = devices()
+    return {
+        "catsdogs": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "keras": keras.__version__,
+        "backend": backend,
+        "backend_version": package_version(backend_package),
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "onnxruntime": onnx,
+        "onnxruntime_providers": providers,
+        "tf2onnx": package_version("tf2onnx"),
+        "matplotlib": package_version("matplotlib"),
+        "devices": found or ["CPU"],
+        "executable": sys.executable,
+    }

@@ -1,0 +1,250 @@
+"""``visualize(image, model_dir, out)``: what the network sees in one photo, as PNGs.
+
+* ``features_<n>_<layer>.png``: the feature maps of each convolution block for the photo
+  (the 32 most active channels when there are more);
+* ``filters.png``: the first convolution layer's learned filters, as small RGB pictures;
+* ``heatmap.png``: occlusion sensitivity: a grey square is slid over the photo and the drop
+  in the predicted class's probability is drawn where the square was. It needs nothing but
+  predictions, so it works the same on every Keras backend.
+
+Every panel is labelled with the layer's name and the shape it shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catsdogs import __version__
+from catsdogs.bundle import load_keras_model, read_model_info
+from data_prep import safeio
+from data_prep.images import ImageError, load_image
+
+FORMAT = "catsdogs-visualization/1"
+MARKER = "visualization.json"
+MAX_CHANNELS = 32
+DISPLAY_SIZE = 256
+
+
+@dataclass
+class VisualizationResult:
+    out: Path
+    label: str
+    probability: float
+    files: list[str]
+
+
+def check_out_folder(out: Path, force: bool) -> None:
+    """Replace only a visualization folder of ours, and that only with ``force``."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder")
+    if (out / MARKER).is_file():
+        if not force:
+            raise ValueError(f"{out} already holds a visualization; use --force to replace it")
+        return
+    if any(out.iterdir()):
+        raise ValueError(
+            f"output folder {out} is not empty and is not a catsdogs visualization; "
+            "choose another --out"
+        )
+
+
+def layer_outputs(model: Any, batch: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """Every layer of the model with its output for ``batch``, in order (inference mode)."""
+    from catsdogs.backend import keras as import_keras
+
+    keras = import_keras()
+    outputs = []
+    if isinstance(model, keras.Sequential):
+        x = keras.ops.convert_to_tensor(batch)
+        for layer in model.layers:
+            x = layer(x, training=False)
+            outputs.append((layer, keras.ops.convert_to_numpy(x)))
+        return outputs
+    probe = keras.Model(model.inputs, [layer.output for layer in model.layers[1:]])
+    values = probe.predict_on_batch(batch)
+    return list(zip(model.layers[1:], [np.asarray(v) for v in values], strict=True))
+
+
+def occlusion_map(
+    predict: Any, pixels: np.ndarray, target: int, patch: int | None = None,
+    stride: int | None = None,
+) -> tuple[np.ndarray, int, int]:
+    """(heat, patch, stride): for each pixel, the mean drop in ``target``'s probability when a
+    grey square (the photo's mean colour) covers it. Positive: the region argued for the
+    class; negative: against it."""
+    size = pixels.shape[0]
+    patch = patch or max(2, size // 8)
+    stride = stride or max(1, patch // 2)
+    starts = list(range(0, max(1, size - patch + 1), stride))
+    if starts[-1] != size - patch:
+        starts.append(max(0, size - patch))
+    fill = pixels.reshape(-1, 3).mean(axis=0)
+    base = float(predict(pixels[None].astype("float32"))[0, target])
+    boxes = [(top, left) for top in starts for left in starts]
+    drops = np.zeros((size, size))
+    covered = np.zeros((size, size))
+    for begin in range(0, len(boxes), 64):
+        chunk = boxes[begin : begin + 64]
+        batch = np.repeat(pixels[None].astype("float32"), len(chunk), axis=0)
+        for k, (top, left) in enumerate(chunk):
+            batch[k, top : top + patch, left : left + patch] = fill
+        scores = predict(batch)[:, target]
+        for (top, left), score in zip(chunk, scores, strict=True):
+            drops[top : top + patch, left : left + patch] += base - float(score)
+            covered[top : top + patch, left : left + patch] += 1
+    return drops / np.maximum(covered, 1), patch, stride
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "×".join(str(int(side)) for side in shape)
+
+
+def normalized(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.zeros_like(values, dtype=float)
+
+
+def visualize(
+    image: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    force: bool = False,
+) -> VisualizationResult:
+    """Draw the feature maps, first-layer filters and occlusion heat map for ``image``."""
+    from catsdogs.backend import keras as import_keras
+    from catsdogs.plots import pyplot, save
+
+    image_path, out_path = Path(image), Path(out)
+    if not image_path.is_file():
+        raise FileNotFoundError(f"no such photo: {image_path}")
+    info = read_model_info(model_dir)
+    try:
+        pixels = load_image(image_path, info.image_size, info.resize_policy)
+        display = load_image(image_path, max(DISPLAY_SIZE, info.image_size), info.resize_policy)
+    except ImageError as error:
+        raise ValueError(f"{image_path}: {error.reason}") from None
+    check_out_folder(out_path, force)
+    keras = import_keras()
+    model = load_keras_model(info)
+    classes = info.classes
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        raw = np.asarray(model.predict_on_batch(batch), dtype="float64")
+        if len(classes) == 2:
+            positive = raw.reshape(-1)
+            return np.stack([1 - positive, positive], axis=1)
+        return raw
+
+    scores = predict(pixels[None].astype("float32"))[0]
+    target = int(np.argmax(scores))
+    label, probability = classes[target], float(scores[target])
+    verdict = f"{image_path.name}: {label} ({probability:.1%})"
+    plt = pyplot()
+
+    tmp = safeio.temporary_sibling(out_path)
+    tmp.mkdir(parents=True)
+    try:
+        layers = layer_outputs(model, pixels[None].astype("float32"))
+        convolutions = [(layer, value) for layer, value in layers
+                        if isinstance(layer, keras.layers.Conv2D)]
+        if not convolutions:
+            raise ValueError(f"{info.keras_path} has no Conv2D layer to visualize")
+
+        # Feature maps of each convolution block.
+        for number, (layer, value) in enumerate(convolutions, start=1):
+            maps = value[0]
+            channels = maps.shape[-1]
+            shown = min(channels, MAX_CHANNELS)
+            columns = min(8, shown)
+            rows = -(-shown // columns)
+            figure, grid = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows + 0.9),
+                                        squeeze=False)
+            for axes in grid.flat:
+                axes.axis("off")
+            strongest = np.argsort(-maps.reshape(-1, channels).mean(axis=0), kind="stable")
+            chosen = sorted(int(c) for c in strongest[:shown])
+            for channel, axes in zip(chosen, grid.flat, strict=False):
+                axes.imshow(maps[:, :, channel], cmap="viridis", interpolation="nearest")
+                axes.set_title(f"{layer.name}[{channel}]", fontsize=7)
+            more = (f", the {shown} most active of {channels} channels"
+                    if shown < channels else "")
+            figure.suptitle(
+                f"{layer.name} ({type(layer).__name__}) feature maps: output "
+                f"{shape_text(maps.shape)}{more}\n{verdict}", fontsize=10)
+            save(figure, tmp / f"features_{number}_{layer.name}.png")
+
+        # The first convolution layer's filters.
+        first = convolutions[0][0]
+        kernel = np.asarray(keras.ops.convert_to_numpy(first.kernel))  # (k, k, in, out)
+        count = min(kernel.shape[-1], 64)
+        columns = min(8, count)
+        rows = -(-count // columns)
+        figure, grid = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows + 0.8),
+                                    squeeze=False)
+        for axes in grid.flat:
+            axes.axis("off")
+        for index, axes in zip(range(count), grid.flat, strict=False):
+            weights = kernel[:, :, :, index]
+            picture = normalized(weights) if weights.shape[-1] == 3 else \
+                normalized(weights.mean(axis=-1))
+            axes.imshow(picture, cmap=None if picture.ndim == 3 else "gray",
+                        interpolation="nearest")
+            axes.set_title(f"filter {index}", fontsize=7)
+        figure.suptitle(
+            f"{first.name} ({type(first).__name__}) learned filters: kernel "
+            f"{shape_text(kernel.shape)} (height×width×in×out), each scaled to its own range",
+            fontsize=9)
+        save(figure, tmp / "filters.png")
+
+        # Occlusion sensitivity.
+        heat, patch, stride = occlusion_map(predict, pixels, target)
+        import cv2
+
+        side = display.shape[0]
+        big = cv2.resize(heat, (side, side), interpolation=cv2.INTER_CUBIC)
+        limit = float(np.abs(heat).max()) or 1e-6
+        figure, grid = plt.subplots(1, 3, figsize=(14, 5), layout="constrained")
+        grid[0].imshow(display)
+        grid[0].set_title(f"{verdict}\nphoto; model input {shape_text(pixels.shape)}")
+        shown = grid[1].imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit,
+                               interpolation="nearest")
+        grid[1].set_title(f"occlusion sensitivity {shape_text(heat.shape)}\n"
+                          f"{patch}px grey square, stride {stride}px")
+        figure.colorbar(shown, ax=grid[1], fraction=0.046, pad=0.04,
+                        label=f"drop in p({label})")
+        grid[2].imshow(display)
+        positive = np.clip(big / max(float(big.max()), 1e-12), 0, 1)
+        grid[2].imshow(positive, cmap="jet", alpha=0.75 * positive, vmin=0, vmax=1)
+        grid[2].set_title(f"regions that drove '{label}'")
+        for axes in grid:
+            axes.axis("off")
+        save(figure, tmp / "heatmap.png")
+
+        files = sorted(p.name for p in tmp.iterdir())
+        marker = {
+            "format": FORMAT,
+            "image": str(image_path.resolve()),
+            "model": str(Path(model_dir).resolve()),
+            "label": label,
+            "probability": probability,
+            "probabilities": dict(zip(classes, map(float, scores), strict=True)),
+            "occlusion": {"patch": patch, "stride": stride},
+            "files": files,
+            "catsdogs_version": __version__,
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        safeio.publish_folder(tmp, out_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return VisualizationResult(out_path, label, probability, files)

@@ -1,0 +1,20 @@
+"""catsdogs info: versions and devices."""
+
+import json
+
+import cv2
+
+from catsdogs import __version__
+from catsdogs.cli import cli
+
+
+def test_info_lists_versions_and_devices(runner):
+    result = runner.invoke(cli, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["catsdogs"] == __version__ and facts["opencv"] == cv2.__version__
+    assert facts["backend"] in ("tensorflow", "jax", "torch", "numpy")
+    assert facts["keras"].startswith("3.") and facts["onnxruntime"]
+    assert facts["devices"]  # GPU names, or ["CPU"]
+    lines = runner.invoke(cli, ["info"]).stdout
+    assert "keras:" in lines and "devices:" in lines
