@@ -251,28 +251,21 @@ class EvaluationResult:
     files: list[str]
 
 
+def is_evaluation(folder: Path) -> bool:
+    """True for a folder written by :func:`evaluate` (its metrics.json names our format)."""
+    marker = folder / "metrics.json"
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_out_folder(out: Path, force: bool) -> None:
     """Replace only an evaluation folder of ours, and that only with ``force``."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a folder")
-    marker = out / "metrics.json"
-    ours = False
-    if marker.is_file():
-        try:
-            ours = json.loads(marker.read_text(encoding="utf-8")).get("format") == FORMAT
-        except (OSError, ValueError, AttributeError):
-            ours = False
-    if ours:
-        if not force:
-            raise ValueError(f"{out} already holds an evaluation; use --force to replace it")
-        return
-    if any(out.iterdir()):
-        raise ValueError(
-            f"output folder {out} is not empty and is not a catsdogs evaluation; "
-            "choose another --out"
-        )
+    safeio.check_replaceable(out, force, is_evaluation, "a catsdogs evaluation",
+                             "an evaluation")
 
 
 def evaluate(

@@ -78,18 +78,7 @@ def checkpoint_folder(out: Path) -> Path:
 
 def check_out_folder(out: Path, force: bool) -> None:
     """Refuse to replace anything but a catsdogs model folder, and that only with ``force``."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a folder")
-    if bundle.is_model_folder(out):
-        if not force:
-            raise ValueError(f"{out} already holds a model; use --force to replace it")
-        return
-    if any(out.iterdir()):
-        raise ValueError(
-            f"output folder {out} is not empty and is not a catsdogs model; choose another --out"
-        )
+    safeio.check_replaceable(out, force, bundle.is_model_folder, "a catsdogs model", "a model")
 
 
 def make_optimizer(name: str, learning_rate: Any, weight_decay: float = 0.0):

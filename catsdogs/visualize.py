@@ -42,19 +42,8 @@ class VisualizationResult:
 
 def check_out_folder(out: Path, force: bool) -> None:
     """Replace only a visualization folder of ours, and that only with ``force``."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a folder")
-    if (out / MARKER).is_file():
-        if not force:
-            raise ValueError(f"{out} already holds a visualization; use --force to replace it")
-        return
-    if any(out.iterdir()):
-        raise ValueError(
-            f"output folder {out} is not empty and is not a catsdogs visualization; "
-            "choose another --out"
-        )
+    safeio.check_replaceable(out, force, lambda folder: (folder / MARKER).is_file(),
+                             "a catsdogs visualization", "a visualization")
 
 
 def layer_outputs(model: Any, batch: np.ndarray) -> list[tuple[Any, np.ndarray]]:

@@ -169,24 +169,6 @@ def _run_chunk(function: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> li
     return [function(*args) for args in chunk]
 
 
-def parent_alive(pid: int) -> bool:
-    """True while process ``pid`` runs. A killed parent stays a zombie until whoever started
-    it reaps it, which may only happen once our end of its pipes closes: count that as dead."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
 def _exit_when_orphaned(parent_pid: int, interval: float = 0.25) -> None:
     """Exit this worker as soon as the main process is gone (killed with SIGKILL, say).
 
@@ -196,7 +178,7 @@ def _exit_when_orphaned(parent_pid: int, interval: float = 0.25) -> None:
     """
 
     def watch() -> None:
-        while parent_alive(parent_pid):
+        while safeio.process_alive(parent_pid):
             time.sleep(interval)
         os._exit(1)
 

@@ -201,6 +201,27 @@ def exchange(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(second))
 
 
+
+def check_replaceable(out: Path, force: bool, is_ours: Callable[[Path], bool], what: str,
+                      held: str) -> None:
+    """Refuse to replace anything at ``out`` but an output of ours, and that only with
+    ``force``: an empty or missing folder is fine; a non-empty folder that ``is_ours`` does
+    not recognize is never replaced, whatever the flags. ``what`` names our kind of folder
+    ("a catsdogs model"), ``held`` how an existing one is described ("a model")."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder")
+    if is_ours(out):
+        if not force:
+            raise ValueError(f"{out} already holds {held}; use --force to replace it")
+        return
+    if any(out.iterdir()):
+        raise ValueError(
+            f"output folder {out} is not empty and is not {what}; choose another --out"
+        )
+
+
 def publish_folder(tmp: Path, out: Path) -> None:
     """Move the complete folder ``tmp`` to ``out``, replacing what is there.
 
@@ -232,20 +253,26 @@ def publish_folder(tmp: Path, out: Path) -> None:
 
 # --- leftovers of killed runs ------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers: we hold the lock, so nothing of ours is in flight
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` runs. A killed process that its parent has not reaped yet
+    (a zombie) counts as gone: its parent may be waiting for our end of a pipe to close."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a killed child not yet reaped is a zombie: dead for our purposes
+    try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state not in ("Z", "X")
-    except (OSError, IndexError):
+    except (OSError, IndexError):  # no /proc (macOS): the kernel's answer stands
         return True
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers: we hold the lock, so nothing of ours is in flight
+    return process_alive(pid)
 
 
 def stale_siblings(out: Path) -> list[tuple[str, Path]]:

@@ -111,21 +111,8 @@ def read_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
 
 def check_destination(out: Path, force: bool) -> None:
     """Refuse to replace anything but a catsdogs dataset, and that only with ``force``."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a folder")
-    if is_dataset(out):
-        if not force:
-            raise ValueError(
-                f"{out} already holds a different prepared dataset; use --force to replace it"
-            )
-        return
-    if any(out.iterdir()):
-        raise ValueError(
-            f"output folder {out} is not empty and is not a prepared dataset; "
-            "choose another --out"
-        )
+    safeio.check_replaceable(out, force, is_dataset, "a prepared dataset",
+                             "a different prepared dataset")
 
 
 def write_tables(folder: Path, manifest: Iterable[Sequence[Any]],
