@@ -46,6 +46,19 @@ def check_out_folder(out: Path, force: bool) -> None:
                              "a catsdogs visualization", "a visualization")
 
 
+def panel_grid(plt: Any, count: int, cell: tuple[float, float], title_room: float
+               ) -> tuple[Any, Any]:
+    """A figure of ``count`` small panels, at most 8 a row, each ``cell`` inches (width,
+    height), with ``title_room`` inches on top; every panel's axes hidden."""
+    columns = min(8, count)
+    rows = -(-count // columns)
+    figure, grid = plt.subplots(rows, columns, squeeze=False,
+                                figsize=(cell[0] * columns, cell[1] * rows + title_room))
+    for axes in grid.flat:
+        axes.axis("off")
+    return figure, grid
+
+
 def layer_outputs(model: Any, batch: np.ndarray) -> list[tuple[Any, np.ndarray]]:
     """Every layer of the model with its output for ``batch``, in order (inference mode)."""
     from catsdogs.backend import keras as import_keras
@@ -154,12 +167,7 @@ def visualize(
             maps = value[0]
             channels = maps.shape[-1]
             shown = min(channels, MAX_CHANNELS)
-            columns = min(8, shown)
-            rows = -(-shown // columns)
-            figure, grid = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.75 * rows + 0.9),
-                                        squeeze=False)
-            for axes in grid.flat:
-                axes.axis("off")
+            figure, grid = panel_grid(plt, shown, (1.6, 1.75), 0.9)
             strongest = np.argsort(-maps.reshape(-1, channels).mean(axis=0), kind="stable")
             chosen = sorted(int(c) for c in strongest[:shown])
             for channel, axes in zip(chosen, grid.flat, strict=False):
@@ -176,12 +184,7 @@ def visualize(
         first = convolutions[0][0]
         kernel = np.asarray(keras.ops.convert_to_numpy(first.kernel))  # (k, k, in, out)
         count = min(kernel.shape[-1], 64)
-        columns = min(8, count)
-        rows = -(-count // columns)
-        figure, grid = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows + 0.8),
-                                    squeeze=False)
-        for axes in grid.flat:
-            axes.axis("off")
+        figure, grid = panel_grid(plt, count, (1.3, 1.45), 0.8)
         for index, axes in zip(range(count), grid.flat, strict=False):
             weights = kernel[:, :, :, index]
             picture = normalized(weights) if weights.shape[-1] == 3 else \

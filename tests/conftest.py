@@ -54,6 +54,17 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def prepared(runner: CliRunner, tiny_dataset: Path, tmp_path: Path) -> Path:
+    """``tiny_dataset`` prepared at 24 px into ``tmp_path/prepared``."""
+    from catsdogs.cli import cli
+
+    out = tmp_path / "prepared"
+    result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(out), "--size", "24"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
 def unseen_photos(tmp_path: Path) -> dict[str, list[Path]]:
     """Photos of each class that no model has trained on."""
     return {

@@ -60,14 +60,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def prepared(runner, tiny_dataset, tmp_path) -> Path:
-    out = tmp_path / "prepared"
-    result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(out), "--size", "24"])
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def epoch_lines(text: str) -> list[str]:
     """The epoch lines without their timing column."""
     return [line.rsplit("  ", 2)[0] for line in text.splitlines() if line.startswith("epoch ")]

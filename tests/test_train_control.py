@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,14 +29,6 @@ def tiny_train(**changes) -> TrainConfig:
     settings = dict(epochs=4, batch_size=4, learning_rate=0.01, augment=False, seed=7)
     settings.update(changes)
     return TrainConfig(**settings)
-
-
-@pytest.fixture
-def prepared(runner, tiny_dataset, tmp_path) -> Path:
-    out = tmp_path / "prepared"
-    result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(out), "--size", "24"])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 class InterruptAfter(keras.callbacks.Callback):
