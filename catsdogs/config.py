@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ACTIVATIONS = ("relu", "gelu", "silu", "elu", "selu", "tanh", "leaky_relu")
@@ -122,7 +122,6 @@ class TrainConfig:
     precision: str = "auto"
     jit_compile: str = "auto"
     seed: int = 1337
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
