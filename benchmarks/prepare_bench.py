@@ -18,6 +18,11 @@ cropping and re-encoding them (cached in --big-folder, outside the repository).
     python benchmarks/prepare_bench.py                       # everything
     python benchmarks/prepare_bench.py --sizes 128 --no-keras
     python benchmarks/prepare_bench.py --quality             # reduced-decode pixel error
+
+After each size, the ceiling: per-photo costs measured in one process (a 1/8-scale decode,
+the least work libjpeg-turbo can do for a JPEG; the decode at the reduction prepare is
+allowed; prepare's whole per-photo work), each turned into the most images/s it could
+reach on every core with zero overhead, and compared with the baselines of the same run.
 """
 
 from __future__ import annotations
@@ -101,10 +106,55 @@ def child(method: str, size: int, source: Path, workers: int | None) -> None:
             count += int(images.shape[0])
         seconds = time.perf_counter() - started
         cpu = cpu_seconds() - cpu_started
+    elif method == "ceiling":
+        print(json.dumps(ceiling(size, source)))
+        return
     else:
         raise SystemExit(f"unknown method {method}")
     print(json.dumps({"method": method, "size": size, "images": count, "seconds": seconds,
                       "cpu_seconds": cpu}))
+
+
+def ceiling(size: int, source: Path) -> dict:
+    """The most any decoder built on OpenCV's libjpeg-turbo could do per core, measured in
+    this process with one OpenCV thread, no pool and no output:
+
+    * ``floor_ms``: decoding each photo (bytes already in memory) at 1/8 scale, the least
+      work libjpeg-turbo can do for a JPEG (every coefficient must still be entropy-decoded),
+      with no resize: no loader of full photos can beat this;
+    * ``allowed_ms``: decoding each photo (bytes in memory) at the largest reduction the
+      issue allows (one that never enlarges the photo afterwards), with no resize;
+    * ``work_ms``: prepare's own per-photo work, ``photo_from_bytes(read_bytes(path))``
+      (read, header checks, the allowed reduced decode, resize), with no pool and no writes.
+    """
+    import cv2
+    import numpy as np
+
+    from data_prep.images import decode, photo_from_bytes, read_bytes
+    from data_prep.prepare import available_cores
+
+    cv2.setNumThreads(1)
+    paths = [str(p) for p in sorted(source.rglob("*.jpg")) if not p.name.startswith(".")]
+    datas = [Path(p).read_bytes() for p in paths]
+    buffers = [np.frombuffer(data, np.uint8) for data in datas]
+    floor = allowed = work = float("inf")
+    for _ in range(3):  # best of three: the least disturbed by anything else running
+        started = time.perf_counter()
+        for buffer in buffers:
+            cv2.imdecode(buffer, cv2.IMREAD_REDUCED_COLOR_8)
+        floor = min(floor, time.perf_counter() - started)
+        started = time.perf_counter()
+        for data in datas:
+            decode(data, size)
+        allowed = min(allowed, time.perf_counter() - started)
+        started = time.perf_counter()
+        for path in paths:
+            photo_from_bytes(read_bytes(path), size)
+        work = min(work, time.perf_counter() - started)
+    return {"method": "ceiling", "size": size, "images": len(paths),
+            "cores": available_cores(), "floor_ms": floor * 1000 / len(paths),
+            "allowed_ms": allowed * 1000 / len(paths),
+            "work_ms": work * 1000 / len(paths)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -138,6 +188,8 @@ def measure(method: str, size: int, source: Path, workers: int | None = None) ->
     if process.returncode != 0:
         raise SystemExit(f"{method} {size} failed:\n{stderr[-3000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
+    if method == "ceiling":
+        return result
     result["peak_mb"] = peak / 2**20
     result["cpu_ms_per_image"] = result["cpu_seconds"] * 1000 / result["images"]
     result["per_second"] = result["images"] / result["seconds"]
@@ -299,6 +351,15 @@ def main() -> None:
             print(f"{size:>4} px{tag}  prepare / {other}: {best['prepare'] / best[other]:.2f}x "
                   f"images/s (best runs), {cpu[other] / cpu['prepare']:.2f}x less CPU per image",
                   flush=True)
+        limit = measure("ceiling", size, source)
+        cores = limit["cores"]
+        for name, key in (("1/8-scale decode alone", "floor_ms"),
+                          ("allowed reduced decode alone", "allowed_ms"),
+                          ("prepare's per-photo work", "work_ms")):
+            top = cores * 1000 / limit[key]
+            versus = "  ".join(f"{top / best[other]:.2f}x {other}" for other in methods[1:])
+            print(f"{size:>4} px{tag}  ceiling, {name}: {limit[key]:.3f} ms a photo per core, "
+                  f"so at most {top:6.0f} images/s on {cores} cores = {versus}", flush=True)
     if not args.no_big:
         started = time.perf_counter()
         big = make_big(args.source, args.big_folder, args.big_count)

@@ -238,11 +238,26 @@ def check_size(header: Header) -> None:
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the file at ``path``, or :class:`ImageError` ("too large", "unreadable
+    file").
+
+    Reads the size the file reports plus one byte: a read sized for the limit would have
+    Python allocate (and free) :data:`MAX_FILE_BYTES` for every photo, which costs more than
+    reading a small JPEG and serializes parallel readers on the kernel's memory-map lock. A
+    file that grows while it is read is read on to its end, within the limit.
+    """
+    too_large = ImageError("too large", f"file over {MAX_FILE_BYTES >> 20} MB")
     try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size > MAX_FILE_BYTES:
-                raise ImageError("too large", f"file over {MAX_FILE_BYTES >> 20} MB")
-            return handle.read(MAX_FILE_BYTES + 1)
+        with open(path, "rb", buffering=0) as handle:
+            expected = os.fstat(handle.fileno()).st_size
+            if expected > MAX_FILE_BYTES:
+                raise too_large
+            data = handle.read(expected + 1)
+            if len(data) > expected:  # it grew since fstat
+                data += handle.read(MAX_FILE_BYTES + 1 - len(data))
+            if len(data) > MAX_FILE_BYTES:
+                raise too_large
+            return data
     except OSError as error:
         raise ImageError("unreadable file", error.strerror or str(error)) from None
 

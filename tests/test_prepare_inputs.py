@@ -279,6 +279,36 @@ def test_decompression_bombs_are_refused_from_the_header(tmp_path):
         assert caught.value.reason == "too large"
 
 
+def test_files_over_the_byte_limit_are_not_read(tmp_path, monkeypatch):
+    import data_prep.images as images
+
+    path = tmp_path / "big.jpg"
+    path.write_bytes(encode(solid(40, 40), ".jpg"))
+    assert images.read_bytes(path) == path.read_bytes()
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(ImageError, match="too large"):
+        images.read_bytes(path)
+
+
+def test_reading_a_photo_allocates_about_its_size(tmp_path):
+    """A read sized for the 1 GiB limit made Python allocate (and free) a gigabyte for every
+    photo: slower than the decode of a small JPEG, and serialized parallel readers."""
+    import tracemalloc
+
+    from data_prep.images import read_bytes
+
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(encode(solid(64, 64), ".jpg"))
+    tracemalloc.start()
+    try:
+        data = read_bytes(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == path.read_bytes()
+    assert peak < 1 << 20, f"reading a {len(data)}-byte file allocated {peak} bytes"
+
+
 def test_opencv_exceptions_become_image_errors(tmp_path, monkeypatch):
     import data_prep.images as images
 
