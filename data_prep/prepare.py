@@ -151,6 +151,7 @@ def write_photo(index: int, path: str, slot: int, npy: str, offset: int, size: i
                 policy: str) -> Written:
     """Pass 2: read one file once, check its header (format, size, truncation, bombs),
     decode and resize it, and write it into row ``slot`` of ``npy``."""
+    safeio.failpoint("decode")  # tests: a worker that dies here, as on a decoder crash
     try:
         pixels, width, height = photo_from_bytes(read_bytes(path), size, policy)
     except ImageError as error:

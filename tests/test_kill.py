@@ -25,6 +25,7 @@ from tests.reliability_support import (
     HIDDEN_SIBLING,
     dataset_digest,
     hidden_siblings,
+    run_cli,
     start_cli,
     tree_digest,
     wait_for,
@@ -186,3 +187,26 @@ def test_train_killed_at_random_moments_leaves_nothing_or_a_loadable_model(
           f"{outcomes.count('new')} new in place)")
     assert survived >= 2  # the failpoint kill always; the timed ones unless the run won
     assert old_info != (model / "model.json").read_text()
+
+
+def test_a_worker_dying_while_decoding_is_one_line_and_leaves_nothing(tmp_path):
+    """A crash inside a native decoder kills one worker process (here: SIGKILL at the start of
+    decoding a photo); prepare reports it in one line, exits 1 and leaves no dataset."""
+    photos = tmp_path / "photos"
+    write_photos(photos / "cats", "cat", 6, seed=1)
+    write_photos(photos / "dogs", "dog", 6, seed=2)
+    out = tmp_path / "prepared"
+    before = tree_digest(photos)
+    done = run_cli("prepare", str(photos), "--out", str(out), "--size", "24", "--workers", "2",
+                   "--quiet", CATSDOGS_FAILPOINT="decode")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip() == (
+        "Error: a worker process died while decoding (a crash inside OpenCV on some file); "
+        "run again with --workers 1 to find it"
+    )
+    assert not out.exists()
+    assert hidden_siblings(tmp_path) == []
+    assert tree_digest(photos) == before
+    again = run_cli("prepare", str(photos), "--out", str(out), "--size", "24", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert read_dataset(out).info["num_images"] == 12
