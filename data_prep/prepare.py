@@ -16,14 +16,16 @@ unusable leaves its row empty; at the end, later rows are moved up to close such
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
 import shutil
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -204,6 +206,35 @@ def _init_worker(parent_pid: int) -> None:
     os.close(devnull)
 
 
+@contextlib.contextmanager
+def _decoding_here() -> Iterator[None]:
+    """Decode in this process as a worker process does: with one OpenCV thread, and with what
+    libjpeg writes straight to file descriptor 2 ("Corrupt JPEG data: 2 extraneous bytes
+    before marker 0xd9" for a photo it decodes fine) discarded, so it cannot scribble over
+    the progress bar; problems that matter are reported in skipped.csv. Held around one
+    chunk of files at a time, never while progress is drawn; both are restored after."""
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    saved = -1
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor 2 (closed by the caller): nothing to hide
+        pass
+    try:
+        yield
+    finally:
+        if saved >= 0:
+            os.dup2(saved, 2)
+            os.close(saved)
+        cv2.setNumThreads(threads)
+
+
 def start_method() -> str:
     """How to start worker processes: never ``fork``. OpenCV's thread pool (used by
     cv2.resize in this process) and the threads of TensorFlow and friends do not survive a
@@ -232,8 +263,11 @@ class Workers:
     def run(self, function: Callable[..., Any], tasks: list[tuple[Any, ...]],
             on_result: Callable[[Any], None]) -> None:
         if self.pool is None:
-            for args in tasks:
-                on_result(function(*args))
+            for start in range(0, len(tasks), 32):
+                with _decoding_here():
+                    results = [function(*args) for args in tasks[start : start + 32]]
+                for result in results:  # outside the quiet window: on_result draws progress
+                    on_result(result)
             return
         chunk_size = max(1, min(32, len(tasks) // (self.count * 8) or 1))
         chunks = (tasks[i : i + chunk_size] for i in range(0, len(tasks), chunk_size))

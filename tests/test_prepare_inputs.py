@@ -487,6 +487,26 @@ def test_corrupt_jpeg_data_with_an_end_marker_is_kept(tmp_path):
     assert load_image(tmp_path / "damaged.jpg", 16).shape == (16, 16, 3)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_libjpeg_warnings_stay_off_the_terminal(tiny_dataset, tmp_path, capfd, workers):
+    """libjpeg writes "Corrupt JPEG data: ..." straight to file descriptor 2 for photos it
+    decodes fine; in the main process as in worker processes, prepare keeps that off the
+    terminal (where it would break the progress bar) and keeps the photo."""
+    good = encode(make_photo("cat", np.random.default_rng(3), size=64), ".jpg")
+    middle = len(good) // 2
+    noisy = good[:middle] + b"\xff\xd3" + good[middle:]  # a stray marker inside the scan
+    (tiny_dataset / "cats" / "noisy.jpg").write_bytes(noisy)
+    cv2.imdecode(np.frombuffer(noisy, np.uint8), cv2.IMREAD_COLOR)
+    assert "Corrupt JPEG data" in capfd.readouterr().err  # the file does make libjpeg warn
+
+    result = prepare(tiny_dataset, tmp_path / "out", size=16, workers=workers)
+    assert "Corrupt JPEG data" not in capfd.readouterr().err
+    assert result.counts == {"cats": 13, "dogs": 12} and result.skipped == []
+    print("still here", file=sys.stderr)  # and file descriptor 2 works again afterwards
+    os.write(2, b"and here\n")
+    assert capfd.readouterr().err == "still here\nand here\n"
+
+
 def test_default_worker_count_follows_cores_and_photo_count(tmp_path):
     from data_prep.prepare import PHOTOS_PER_WORKER, available_cores
 
