@@ -479,6 +479,8 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     predictor = Predictor(model_dir, engine=engine)
+    if predictor.note:
+        click.echo(f"note: {predictor.note}", err=True)
     classes = predictor.classes
     if threshold is not None and len(classes) != 2:
         raise click.BadParameter(f"the model has {len(classes)} classes; --threshold needs "

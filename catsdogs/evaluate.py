@@ -286,6 +286,8 @@ def evaluate(
     predictor = Predictor(model_dir, engine=engine)
     classes = predictor.classes
     source = read_source(data_path, predictor)
+    if predictor.note:
+        source.warnings.append(predictor.note)
 
     tmp = safeio.temporary_sibling(out_path)
     tmp.mkdir(parents=True)

@@ -11,6 +11,7 @@ or a package that does not support it) training still succeeds and ``model.json`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import warnings
@@ -68,6 +69,39 @@ def export_onnx(model: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
             "note": f"ONNX export discarded: it differs from the Keras model by {difference:.2e}",
         }
     return {"file": target.name, "max_difference": difference}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprints(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """What ``model.json`` records under ``"onnx"`` to tie ``model.onnx`` to the
+    ``model.keras`` it was exported from."""
+    root = Path(folder)
+    return {"sha256": file_sha256(root / ONNX_NAME),
+            "keras_sha256": file_sha256(root / "model.keras")}
+
+
+def onnx_mismatch(folder: str | os.PathLike[str], recorded: Any) -> str | None:
+    """Why ``folder/model.onnx`` is not the export of ``folder/model.keras`` that training
+    recorded, or None when it is (or when the folder, from an older catsdogs, records
+    nothing to compare)."""
+    if not isinstance(recorded, dict) or not {"sha256", "keras_sha256"} <= recorded.keys():
+        return None
+    try:
+        now = fingerprints(folder)
+    except OSError as error:
+        return f"cannot be checked ({error.strerror or error})"
+    if now["keras_sha256"] != recorded["keras_sha256"]:
+        return "was exported from a different model.keras (model.keras changed after training)"
+    if now["sha256"] != recorded["sha256"]:
+        return "changed after training"
+    return None
 
 
 def onnxruntime_available() -> bool:

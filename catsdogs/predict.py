@@ -113,22 +113,31 @@ def expand_paths(
             yield path, "no such file"
 
 
-def choose_engine(info: ModelInfo, engine: str = "auto") -> str:
-    """``"onnx"`` or ``"keras"``: what ``engine`` means for this model folder."""
-    from catsdogs.export import ONNX_NAME, onnxruntime_available
+def choose_engine(info: ModelInfo, engine: str = "auto") -> tuple[str, str | None]:
+    """``("onnx" | "keras", note)``: what ``engine`` means for this model folder, and a note
+    when ``auto`` could not use ``model.onnx`` although it is there."""
+    from catsdogs.export import ONNX_NAME, onnx_mismatch, onnxruntime_available
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
     has_onnx = (info.path / ONNX_NAME).is_file()
+    if engine == "keras" or not has_onnx and engine == "auto":
+        return "keras", None
+    if not has_onnx:
+        raise FileNotFoundError(f"{info.path} holds no {ONNX_NAME}; use --engine keras")
+    mismatch = onnx_mismatch(info.path, info.raw.get("onnx"))
     if engine == "onnx":
-        if not has_onnx:
-            raise FileNotFoundError(f"{info.path} holds no {ONNX_NAME}; use --engine keras")
+        if mismatch is not None:
+            raise ValueError(f"{info.path / ONNX_NAME} {mismatch}; use --engine keras, or "
+                             "train again")
         if not onnxruntime_available():
             raise ValueError("onnxruntime is not installed; use --engine keras")
-        return "onnx"
-    if engine == "auto" and has_onnx and onnxruntime_available():
-        return "onnx"
-    return "keras"
+        return "onnx", None
+    if mismatch is not None:
+        return "keras", f"{ONNX_NAME} {mismatch}: predicting with model.keras"
+    if not onnxruntime_available():
+        return "keras", None
+    return "onnx", None
 
 
 class Predictor:
@@ -136,7 +145,7 @@ class Predictor:
 
     def __init__(self, model_dir: str | os.PathLike[str], engine: str = "auto") -> None:
         self.info: ModelInfo = read_model_info(model_dir)
-        self.engine = choose_engine(self.info, engine)
+        self.engine, self.note = choose_engine(self.info, engine)
         if self.engine == "onnx":
             from catsdogs.export import ONNX_NAME, OnnxModel
 

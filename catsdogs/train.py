@@ -26,7 +26,7 @@ from catsdogs import __version__, bundle, distribute
 from catsdogs.backend import describe_device
 from catsdogs.backend import keras as import_keras
 from catsdogs.config import ModelConfig, TrainConfig
-from catsdogs.export import export_onnx
+from catsdogs.export import export_onnx, fingerprints
 from data_prep import safeio
 from data_prep.store import PreparedDataset, read_dataset
 
@@ -450,7 +450,10 @@ def save_model_folder(out: Path, model: Any, info: dict[str, Any],
     try:
         model.save(tmp / "model.keras")
         # The same model as ONNX, for fast Keras-free predict (#5); a note when it fails.
-        info = {**info, "onnx": export_onnx(model, tmp / "model.onnx")}
+        onnx = export_onnx(model, tmp / "model.onnx")
+        if onnx.get("file"):  # tie model.onnx to this model.keras: predict checks both
+            onnx.update(fingerprints(tmp))
+        info = {**info, "onnx": onnx}
         (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         pd.DataFrame(rows).to_csv(tmp / "history.csv", index=False)
         plot_curves(rows, tmp / "curves.png")

@@ -20,6 +20,9 @@ def test_train_writes_a_checked_onnx_file(trained_model):
     assert (trained_model / "model.onnx").is_file()
     assert info["onnx"]["file"] == "model.onnx"
     assert 0 <= info["onnx"]["max_difference"] <= export.TOLERANCE
+    # tied to the exact files: the ONNX export and the model.keras it came from
+    assert info["onnx"]["sha256"] == export.file_sha256(trained_model / "model.onnx")
+    assert info["onnx"]["keras_sha256"] == export.file_sha256(trained_model / "model.keras")
 
 
 def test_onnx_and_keras_agree_on_every_probability(trained_model, unseen_photos):
@@ -70,17 +73,68 @@ def test_falls_back_to_keras_without_onnx(runner, trained_model, unseen_photos, 
     assert result.exit_code == 1 and "no model.onnx" in result.output
     # no onnxruntime installed: keras, even with the file there
     monkeypatch.setattr(export, "onnxruntime_available", lambda: False)
-    assert choose_engine(Predictor(trained_model, engine="keras").info) == "keras"
+    assert choose_engine(Predictor(trained_model, engine="keras").info) == ("keras", None)
 
 
-def test_broken_onnx_file_is_a_clear_error(runner, trained_model, unseen_photos, tmp_path):
+def test_a_changed_onnx_file_is_not_used(runner, trained_model, unseen_photos, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(trained_model, broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    photo = str(unseen_photos["cats"][0])
+    # auto: model.json's fingerprint shows the file changed; model.keras answers, with a note
+    result = runner.invoke(cli, ["predict", photo, "--model", str(broken)])
+    assert result.exit_code == 0, result.output
+    assert "note: model.onnx changed after training: predicting with model.keras" in (
+        result.stderr)
+    assert f"{photo}: cats (" in result.stdout
+    # asked for by name: a one-line error
+    result = runner.invoke(cli, ["predict", photo, "--model", str(broken), "--engine", "onnx"])
+    assert result.exit_code == 1
+    assert "model.onnx changed after training; use --engine keras" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_broken_onnx_file_without_fingerprints_is_a_clear_error(runner, trained_model,
+                                                                unseen_photos, tmp_path):
+    """A model folder from before model.json recorded fingerprints: the file is tried."""
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_model, broken)
+    meta = json.loads((broken / "model.json").read_text())
+    meta["onnx"] = {"file": "model.onnx", "max_difference": 0.0}
+    (broken / "model.json").write_text(json.dumps(meta))
     (broken / "model.onnx").write_bytes(b"not a model")
     result = runner.invoke(cli, ["predict", str(unseen_photos["cats"][0]), "--model",
                                  str(broken)])
     assert result.exit_code == 1
     assert "cannot load" in result.output and "Traceback" not in result.output
+
+
+def test_onnx_of_another_model_keras_is_not_used(trained_model, unseen_photos, tmp_path):
+    """model.keras replaced after training (fine-tuned by hand, say): the old model.onnx no
+    longer describes it, so auto predicts with model.keras, the reference."""
+    from catsdogs.bundle import load_keras_model, read_model_info
+
+    changed = tmp_path / "changed"
+    shutil.copytree(trained_model, changed)
+    model = load_keras_model(read_model_info(changed))
+    weights = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([weights[0], weights[1] + 3.0])  # pushes towards "dogs"
+    (changed / "model.keras").unlink()
+    model.save(changed / "model.keras")
+
+    predictor = Predictor(changed)
+    assert predictor.engine == "keras"
+    assert "different model.keras" in predictor.note
+    photos = unseen_photos["cats"] + unseen_photos["dogs"]
+    auto = np.stack([p.scores for p in predictor.predict_paths(photos)])
+    keras_engine = Predictor(changed, engine="keras")
+    assert keras_engine.note is None
+    reference = np.stack([p.scores for p in keras_engine.predict_paths(photos)])
+    old_onnx = np.stack([p.scores for p in Predictor(trained_model).predict_paths(photos)])
+    np.testing.assert_allclose(auto, reference, atol=1e-6)
+    assert np.abs(auto - old_onnx).max() > 0.01  # what the stale ONNX file would have said
+    with pytest.raises(ValueError, match="different model.keras"):
+        Predictor(changed, engine="onnx")
 
 
 def test_failed_export_leaves_no_file_and_says_why(trained_model, tmp_path, monkeypatch):

@@ -183,6 +183,39 @@ def test_ctrl_c_in_a_real_process_then_resume(prepared, tmp_path):
     assert 2 <= done < 500  # the line of epoch 3 is printed before its checkpoint
 
 
+def test_sigkill_during_training_then_resume(runner, prepared, tmp_path):
+    """SIGKILL gives train no chance to save anything: the checkpoint of the last finished
+    epoch, written after every epoch beside --out, survives, and --resume finishes the run."""
+    out = tmp_path / "model"
+    options = ["--data", str(prepared), "--out", str(out), "--blocks", "1", "--filters", "4",
+               "--epochs", "8", "--batch-size", "4", "--seed", "3"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "catsdogs", "train", *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env)
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "epoch   4/8" not in seen and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen += line
+    process.kill()
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, seen
+    assert not out.exists()  # nothing was published: the run did not finish
+    done = read_checkpoint(checkpoint_folder(out))["epochs_done"]
+    assert 3 <= done < 8, seen  # the line of epoch 4 is printed before its checkpoint
+
+    result = runner.invoke(cli, ["train", *options, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"Resuming the interrupted run after epoch {done} " in result.output
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == list(range(1, 9))
+    assert not checkpoint_folder(out).exists()
+    assert json.loads((out / "model.json").read_text())["interrupted"] is False
+
+
 def test_mixed_precision_run_saves_a_float32_output(prepared, tmp_path):
     """--precision mixed (the GPU default) also runs on the CPU; the saved model's
     probabilities are float32."""
