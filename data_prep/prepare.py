@@ -201,6 +201,11 @@ def _init_worker(parent_pid: int) -> None:
     cv2.setNumThreads(1)  # one process per core already; no threads on top
     # libjpeg prints warnings ("Corrupt JPEG data: ...") straight to stderr; in workers they
     # would scribble over the progress bar. Problems are reported in skipped.csv instead.
+    _discard_native_stderr()
+
+
+def _discard_native_stderr() -> None:
+    """Point file descriptor 2 at the null device."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
@@ -221,9 +226,7 @@ def _decoding_here() -> Iterator[None]:
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
+        _discard_native_stderr()
     except (OSError, ValueError):  # no file descriptor 2 (closed by the caller): nothing to hide
         pass
     try:

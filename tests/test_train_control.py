@@ -156,22 +156,28 @@ def test_model_folder_has_curves_and_no_random_layers(runner, prepared, tmp_path
     assert not checkpoint_folder(out).exists()
 
 
-def test_ctrl_c_in_a_real_process_then_resume(prepared, tmp_path):
-    """SIGINT to ``catsdogs train``: exit 130, best model saved, --resume finishes the run."""
-    out = tmp_path / "model"
-    args = [sys.executable, "-m", "catsdogs", "train", "--data", str(prepared), "--out",
-            str(out), "--blocks", "1", "--filters", "4", "--epochs", "500",
-            "--batch-size", "4"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+def train_until(text: str, *options: str) -> tuple[subprocess.Popen, str]:
+    """``catsdogs train OPTIONS`` in a real process, read until a line with ``text`` (or
+    120 s); returns the running process and what it printed so far."""
+    process = subprocess.Popen([sys.executable, "-m", "catsdogs", "train", *options],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
     deadline = time.monotonic() + 120
     seen = ""
-    while "epoch   3/500" not in seen and time.monotonic() < deadline:
+    while text not in seen and time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
         seen += line
+    return process, seen
+
+
+def test_ctrl_c_in_a_real_process_then_resume(prepared, tmp_path):
+    """SIGINT to ``catsdogs train``: exit 130, best model saved, --resume finishes the run."""
+    out = tmp_path / "model"
+    process, seen = train_until("epoch   3/500", "--data", str(prepared), "--out", str(out),
+                                "--blocks", "1", "--filters", "4", "--epochs", "500",
+                                "--batch-size", "4")
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, (seen + stdout, stderr)
@@ -189,17 +195,7 @@ def test_sigkill_during_training_then_resume(runner, prepared, tmp_path):
     out = tmp_path / "model"
     options = ["--data", str(prepared), "--out", str(out), "--blocks", "1", "--filters", "4",
                "--epochs", "8", "--batch-size", "4", "--seed", "3"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-m", "catsdogs", "train", *options],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env)
-    deadline = time.monotonic() + 120
-    seen = ""
-    while "epoch   4/8" not in seen and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen += line
+    process, seen = train_until("epoch   4/8", *options)
     process.kill()
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, seen
