@@ -121,22 +121,20 @@ def choose_engine(info: ModelInfo, engine: str = "auto") -> tuple[str, str | Non
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
     has_onnx = (info.path / ONNX_NAME).is_file()
-    if engine == "keras" or not has_onnx and engine == "auto":
+    if engine == "keras" or (engine == "auto" and not (has_onnx and onnxruntime_available())):
         return "keras", None
     if not has_onnx:
         raise FileNotFoundError(f"{info.path} holds no {ONNX_NAME}; use --engine keras")
     mismatch = onnx_mismatch(info.path, info.raw.get("onnx"))
-    if engine == "onnx":
+    if engine == "auto":
         if mismatch is not None:
-            raise ValueError(f"{info.path / ONNX_NAME} {mismatch}; use --engine keras, or "
-                             "train again")
-        if not onnxruntime_available():
-            raise ValueError("onnxruntime is not installed; use --engine keras")
+            return "keras", f"{ONNX_NAME} {mismatch}: predicting with model.keras"
         return "onnx", None
     if mismatch is not None:
-        return "keras", f"{ONNX_NAME} {mismatch}: predicting with model.keras"
+        raise ValueError(f"{info.path / ONNX_NAME} {mismatch}; use --engine keras, or "
+                         "train again")
     if not onnxruntime_available():
-        return "keras", None
+        raise ValueError("onnxruntime is not installed; use --engine keras")
     return "onnx", None
 
 

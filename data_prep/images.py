@@ -242,8 +242,8 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     file").
 
     Reads the size the file reports plus one byte: a read sized for the limit would have
-    Python allocate (and free) :data:`MAX_FILE_BYTES` for every photo, which costs more than
-    reading a small JPEG and serializes parallel readers on the kernel's memory-map lock. A
+    Python map and unmap :data:`MAX_FILE_BYTES` of memory for every photo, which costs more
+    than decoding a small JPEG (and, in threads, makes the readers wait on each other). A
     file that grows while it is read is read on to its end, within the limit.
     """
     too_large = ImageError("too large", f"file over {MAX_FILE_BYTES >> 20} MB")
