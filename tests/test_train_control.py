@@ -156,6 +156,49 @@ def test_model_folder_has_curves_and_no_random_layers(runner, prepared, tmp_path
     assert not checkpoint_folder(out).exists()
 
 
+class SigintAt(keras.callbacks.Callback):
+    """Send this process a real SIGINT (what Ctrl-C does) after batch ``batch`` of epoch
+    ``epoch`` (both 1-based)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.current, batch + 1) == (self.epoch, self.batch):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_sigint_stops_training_at_the_next_batch(prepared, tmp_path):
+    """Ctrl-C is recorded by the signal handler and acted on at the next batch boundary: the
+    run stops in epoch 2, keeps epoch 1 (model and checkpoint), and Python's own SIGINT
+    handler is back afterwards."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    out = tmp_path / "model"
+    result = train(prepared, out, ModelConfig(**TINY), tiny_train(epochs=4),
+                   callbacks=[SigintAt(epoch=2, batch=1)])
+    assert result.interrupted and result.epochs_run == 1
+    assert read_checkpoint(checkpoint_folder(out))["epochs_done"] == 1
+    assert json.loads((out / "model.json").read_text())["best_epoch"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    from catsdogs.train import interrupt_requests
+
+    with interrupt_requests() as requested:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs between two bytecodes of this thread
+        assert requested.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def train_until(text: str, *options: str) -> tuple[subprocess.Popen, str]:
     """``catsdogs train OPTIONS`` in a real process, read until a line with ``text`` (or
     120 s); returns the running process and what it printed so far."""
