@@ -14,8 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -393,51 +391,6 @@ def read_checkpoint(folder: Path) -> dict[str, Any]:
     return state
 
 
-class StopOnInterrupt(import_keras().callbacks.Callback):
-    """Raises KeyboardInterrupt at the first batch or epoch boundary after Ctrl-C.
-
-    While :func:`fit_model` runs, the SIGINT handler only records the request (see
-    :func:`interrupt_requests`); the exception is raised here, in the plain Python of the
-    training loop. Raised straight from the handler it can land inside Python code that
-    TensorFlow calls from C++, which may drop it, and the run then trains on as if nothing
-    had happened. Put it last, so that the other callbacks finish an epoch they have begun.
-    """
-
-    def __init__(self, requested: threading.Event) -> None:
-        super().__init__()
-        self.requested = requested
-
-    def check(self, *args: Any, **kwargs: Any) -> None:
-        if self.requested.is_set():
-            raise KeyboardInterrupt
-
-    on_train_batch_end = on_test_batch_end = on_epoch_begin = on_epoch_end = check
-
-
-@contextlib.contextmanager
-def interrupt_requests() -> Iterator[threading.Event]:
-    """An event set by Ctrl-C (SIGINT) instead of the usual KeyboardInterrupt; a second
-    Ctrl-C raises KeyboardInterrupt at once. Python's default handler is back afterwards.
-    Outside the main thread, or when the program has its own SIGINT handler, nothing is
-    changed and the event is never set."""
-    requested = threading.Event()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield requested
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if requested.is_set():
-            raise KeyboardInterrupt
-        requested.set()
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def fit_model(
     trainer: Any,
     train_batches: Any,
@@ -448,16 +401,15 @@ def fit_model(
 ) -> bool:
     """``trainer.fit``; True when it was interrupted (Ctrl-C) rather than finished."""
     try:
-        with interrupt_requests() as requested:
-            trainer.fit(
-                train_batches,
-                validation_data=val_batches,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                callbacks=[*callbacks, StopOnInterrupt(requested)],
-                shuffle=False,  # the batches shuffle themselves, seeded by epoch (resumable)
-                verbose=0,
-            )
+        trainer.fit(
+            train_batches,
+            validation_data=val_batches,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            callbacks=list(callbacks),
+            shuffle=False,  # the batches shuffle themselves, seeded by epoch (resumable)
+            verbose=0,
+        )
     except KeyboardInterrupt:
         return True
     return False
