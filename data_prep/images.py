@@ -248,7 +248,7 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """
     too_large = ImageError("too large", f"file over {MAX_FILE_BYTES >> 20} MB")
     try:
-        with open(path, "rb", buffering=0) as handle:
+        with open(path, "rb") as handle:  # buffered: read(n) goes on after a short read
             expected = os.fstat(handle.fileno()).st_size
             if expected > MAX_FILE_BYTES:
                 raise too_large
