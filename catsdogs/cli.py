@@ -32,10 +32,33 @@ DEFAULT_DATA = "prepared"
 DEFAULT_MODEL = "model"
 
 
+def ensure_standard_streams() -> None:
+    """Give a closed standard stream (``2>&-``, some service managers) the null device.
+
+    Otherwise the next file opened takes its number: libjpeg's and TensorFlow's messages to
+    file descriptor 2 would land in that file (a lock file, a dataset), and Python, which
+    leaves ``sys.stderr`` as None, would fail on the first message it prints.
+    """
+    import sys
+
+    for fd, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, mode)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115
+
+
 class CatsDogsGroup(click.Group):
     """Turns the core's ValueError/OSError into one clear line and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        ensure_standard_streams()
         try:
             return super().invoke(ctx)
         except (ValueError, OSError) as error:

@@ -220,3 +220,36 @@ def test_out_that_is_or_holds_the_current_folder_is_refused(tmp_path, two_source
         with pytest.raises(ValueError, match="is the current folder or holds it"):
             prepare(first, out, 24)
     assert os.listdir(here) == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_commands_work_with_stderr_closed(tmp_path, trained_model, workers):
+    """``catsdogs ... 2>&-`` (cron jobs, some service managers): the closed file descriptor
+    2 gets the null device, so no file opened later takes its number and libjpeg's warning
+    for a noisy photo cannot land inside the dataset or its lock file."""
+    photos = tmp_path / "photos"
+    write_photos(photos / "cats", "cat", 6, seed=1)
+    write_photos(photos / "dogs", "dog", 6, seed=2)
+    import cv2
+    import numpy as np
+
+    from tests.conftest import make_photo
+
+    good = cv2.imencode(".jpg", make_photo("cat", np.random.default_rng(3), size=64))[1].tobytes()
+    middle = len(good) // 2  # a stray marker inside the scan: decodes, with a libjpeg warning
+    (photos / "cats" / "noisy.jpg").write_bytes(good[:middle] + b"\xff\xd3" + good[middle:])
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "catsdogs", *args], capture_output=False,
+                              stdout=subprocess.PIPE, text=True, timeout=120,
+                              preexec_fn=lambda: os.close(2))
+
+    out = tmp_path / "prepared"
+    done = run("prepare", str(photos), "--out", str(out), "--size", "24", "--workers", workers)
+    assert done.returncode == 0 and "Prepared 13 photos" in done.stdout
+    reference = prepare(photos, tmp_path / "reference", size=24, workers=1)
+    assert sum(reference.counts.values()) == 13
+    assert (out / "images.npy").read_bytes() == (tmp_path / "reference" / "images.npy"
+                                                 ).read_bytes()
+    done = run("predict", str(photos / "dogs"), "--model", str(trained_model))
+    assert done.returncode == 0 and done.stdout.count(": dogs (") == 6
