@@ -224,7 +224,8 @@ def _decoding_here() -> Iterator[None]:
     cv2.setNumThreads(1)
     saved = -1
     try:
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
         saved = os.dup(2)
         _discard_native_stderr()
     except (OSError, ValueError):  # no file descriptor 2 (closed by the caller): nothing to hide
