@@ -61,6 +61,13 @@ class CatsDogsGroup(click.Group):
         ensure_standard_streams()
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # Whoever read our output has gone (`catsdogs predict photos/ | head`): stop
+            # quietly, with the status of a program killed by SIGPIPE, as `cat` would.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)  # the final flush of what is still buffered goes nowhere
+            os.close(null)
+            ctx.exit(141)
         except (ValueError, OSError) as error:
             if os.environ.get("CATSDOGS_DEBUG"):
                 raise

@@ -18,6 +18,16 @@ from pathlib import Path
 CLUTTER_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 
 
+def text(name: str | os.PathLike[str]) -> str:
+    """A file name or path as text that any UTF-8 file can hold.
+
+    A name that is not valid UTF-8 (``café.jpg`` written by an old Windows tool, in Latin-1)
+    reaches Python with its stray bytes as lone surrogates, which cannot be encoded: such
+    bytes are written as ``\\xe9``. Valid names are returned unchanged.
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def is_clutter(name: str) -> bool:
     """True for operating-system clutter and hidden files (``.DS_Store``, ``._x.jpg``...)."""
     return name.startswith(".") or name.lower() in CLUTTER_NAMES
@@ -54,7 +64,7 @@ def _walk_files(folder: Path) -> list[Path]:
 
 
 def _flat_class(name: str) -> str | None:
-    stem, dot, _ = name.partition(".")
+    stem, dot, _ = text(name).partition(".")
     return stem.lower() if dot and stem else None
 
 
@@ -79,8 +89,8 @@ def discover(source: str | os.PathLike[str]) -> Discovery:
         for folder in class_dirs:
             found = _walk_files(folder)
             if found:
-                classes.append(folder.name)
-                files.extend((path, folder.name) for path in found)
+                classes.append(text(folder.name))
+                files.extend((path, text(folder.name)) for path in found)
         if files:
             return Discovery("folders", classes, files)
 

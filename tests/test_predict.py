@@ -144,3 +144,25 @@ def test_predict_paths_streams(trained_model, unseen_photos):
     assert [a.label for a in first] == ["cats"] * 7
     listed = expand_paths(itertools.cycle([unseen_photos["dogs"][0]]))
     assert next(listed) == (unseen_photos["dogs"][0], None)
+
+
+def test_output_cut_short_by_its_reader_is_a_quiet_stop(trained_model, unseen_photos):
+    """``catsdogs predict photos/ | head -1``: when the reader goes away, predict stops
+    without a word on stderr and with the status of a program killed by SIGPIPE (141)."""
+    import subprocess
+    import sys
+
+    photo = str(unseen_photos["cats"][0])
+    # 3,000 answers, far more than a pipe holds, so predict is still writing when the
+    # reader goes away
+    child = subprocess.Popen(
+        [sys.executable, "-m", "catsdogs", "predict", *[photo] * 3000, "--model",
+         str(trained_model)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = child.stdout.readline()
+    child.stdout.close()
+    stderr = child.stderr.read()
+    child.wait(timeout=120)
+    assert first.startswith(f"{photo}: cats (")
+    assert child.returncode == 141, stderr
+    assert stderr == ""

@@ -380,6 +380,29 @@ def test_non_ascii_and_spaces_in_every_part_of_the_path(tmp_path):
     assert all(Path(p).is_file() for p in manifest["path"])
 
 
+def test_names_that_are_not_utf8_are_kept(tmp_path, runner):
+    """Names in Latin-1 (old Windows tools, zip files): the photos are kept, their names
+    written to manifest.csv with the stray bytes as \\xNN, and a class folder named so works
+    too. Before, one such name made the whole prepare fail."""
+    root = tmp_path / "photos"
+    write_photos(root / "cats", "cat", 3, seed=1)
+    write_photos(root / "dogs", "dog", 3, seed=2)
+    # (renamed afterwards: OpenCV's imwrite crashes on such a name; catsdogs never hands
+    # OpenCV a path, only bytes it has read)
+    os.rename(root / "dogs", os.fsencode(root) + b"/chiens \xe9t\xe9")  # Latin-1 "été"
+    odd = Path(os.fsdecode(os.fsencode(root / "cats") + b"/caf\xe9.jpg"))
+    odd.write_bytes(encode(make_photo("cat", np.random.default_rng(9)), ".jpg"))
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["prepare", str(root), "--out", str(out), "--size", "16"])
+    assert result.exit_code == 0, result.output
+    assert "Prepared 7 photos" in result.output
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert sorted(manifest["class_name"].unique()) == ["cats", "chiens \\xe9t\\xe9"]
+    assert str(root / "cats" / "caf\\xe9.jpg") in set(manifest["path"])
+    again = runner.invoke(cli, ["prepare", str(root), "--out", str(out), "--size", "16"])
+    assert "reused" in again.output  # the fingerprint sees the same names
+
+
 def test_workers_do_not_change_the_output(mixed, tmp_path):
     # A PNG whose header is fine but whose data is not: it fails in the decode pass and
     # leaves a hole that has to be closed, whatever the worker count.
