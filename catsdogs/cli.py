@@ -52,6 +52,11 @@ def ensure_standard_streams() -> None:
     for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115
+    # Text that cannot be encoded (a file name that is not UTF-8, under a UTF-8 locale whose
+    # streams are strict) is printed with backslash escapes rather than failing the command.
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 class CatsDogsGroup(click.Group):
@@ -505,6 +510,7 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
         catsdogs predict holiday/ --csv --threshold 0.8 > answers.csv
     """
     from catsdogs.predict import Predictor
+    from data_prep.discover import text
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
@@ -531,18 +537,19 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
                                               threshold=threshold, top=top):
         if prediction.error is not None:
             failed += 1
-            click.echo(f"error: {prediction.path}: {prediction.error}", err=True)
+            click.echo(f"error: {text(prediction.path)}: {prediction.error}", err=True)
         if writer is not None:
             if prediction.error is not None:
-                writer.writerow([prediction.path, "", "", *[""] * len(classes), prediction.error])
+                writer.writerow([text(prediction.path), "", "", *[""] * len(classes),
+                                 prediction.error])
             else:
-                writer.writerow([prediction.path, prediction.label, prediction.probability,
+                writer.writerow([text(prediction.path), prediction.label, prediction.probability,
                                  *[prediction.probabilities[name] for name in classes], ""])
         elif as_json:
             text = json.dumps(prediction.to_dict(), indent=2).replace("\n", "\n  ")
             click.echo(("\n  " if count == 0 else ",\n  ") + text, nl=False)
         elif prediction.error is None:
-            line = f"{prediction.path}: {prediction.label} ({prediction.probability:.1%})"
+            line = f"{text(prediction.path)}: {prediction.label} ({prediction.probability:.1%})"
             if top:
                 line += "  top: " + ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
             click.echo(line)
@@ -642,9 +649,10 @@ def visualize(image: Path, model_dir: Path, out: Path, force: bool) -> None:
         catsdogs visualize photo.jpg --model model --out why_dog --force
     """
     from catsdogs.visualize import visualize as draw
+    from data_prep.discover import text
 
     result = draw(image, model_dir, out, force=force)
-    click.echo(f"{image}: {result.label} ({result.probability:.1%})")
+    click.echo(f"{text(image)}: {result.label} ({result.probability:.1%})")
     click.echo(f"Wrote {', '.join(result.files)} to {out}")
 
 

@@ -166,3 +166,37 @@ def test_output_cut_short_by_its_reader_is_a_quiet_stop(trained_model, unseen_ph
     assert first.startswith(f"{photo}: cats (")
     assert child.returncode == 141, stderr
     assert stderr == ""
+
+
+def test_names_that_are_not_utf8_are_printed_with_escapes(trained_model, unseen_photos,
+                                                          tmp_path):
+    """A Latin-1 file name under a UTF-8 locale whose streams are strict (the usual desktop
+    setting): predict, evaluate and visualize write it as ``caf\\xe9.jpg``, and work."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "labelled"
+    for kind in ("cats", "dogs"):
+        (folder / kind).mkdir(parents=True)
+        for photo in unseen_photos[kind]:
+            shutil.copy(photo, folder / kind)
+    odd = os.fsdecode(os.fsencode(folder / "cats") + b"/caf\xe9.jpg")
+    shutil.copy(unseen_photos["cats"][0], odd)
+    shown = f"{folder / 'cats'}/caf\\xe9.jpg"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "catsdogs", *args, "--model",
+                               str(trained_model)], capture_output=True, text=True,
+                              timeout=120, env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+        assert done.returncode == 0, done.stderr
+        return done
+
+    assert f"{shown}: cats (" in run("predict", odd).stdout
+    assert f"\n{shown},cats," in run("predict", odd, "--csv").stdout
+    report = tmp_path / "report"
+    run("evaluate", str(folder), "--out", str(report))
+    predictions = (report / "predictions.csv").read_text(encoding="utf-8")
+    assert f"\n{shown},cats,cats," in predictions
+    assert "caf\\xe9.jpg: cats (" in run("visualize", odd, "--out", str(tmp_path / "v")).stdout
