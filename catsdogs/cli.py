@@ -54,8 +54,10 @@ def ensure_standard_streams() -> None:
             setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115
     # Text that cannot be encoded (a file name that is not UTF-8, under a UTF-8 locale whose
     # streams are strict) is printed with backslash escapes rather than failing the command.
+    # (Only the process's own streams: a test runner's stand-ins are left as they are.)
     for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        if (stream in (sys.__stdout__, sys.__stderr__)
+                and getattr(stream, "errors", None) == "strict"):
             stream.reconfigure(errors="backslashreplace")
 
 
@@ -510,7 +512,7 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
         catsdogs predict holiday/ --csv --threshold 0.8 > answers.csv
     """
     from catsdogs.predict import Predictor
-    from data_prep.discover import text
+    from data_prep.discover import printable
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
@@ -535,21 +537,21 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
         click.echo("[", nl=False)
     for prediction in predictor.predict_paths(paths, batch_size=batch_size,
                                               threshold=threshold, top=top):
+        shown = printable(prediction.path)  # a name that is not UTF-8 gets \xNN escapes
         if prediction.error is not None:
             failed += 1
-            click.echo(f"error: {text(prediction.path)}: {prediction.error}", err=True)
+            click.echo(f"error: {shown}: {prediction.error}", err=True)
         if writer is not None:
             if prediction.error is not None:
-                writer.writerow([text(prediction.path), "", "", *[""] * len(classes),
-                                 prediction.error])
+                writer.writerow([shown, "", "", *[""] * len(classes), prediction.error])
             else:
-                writer.writerow([text(prediction.path), prediction.label, prediction.probability,
+                writer.writerow([shown, prediction.label, prediction.probability,
                                  *[prediction.probabilities[name] for name in classes], ""])
         elif as_json:
             text = json.dumps(prediction.to_dict(), indent=2).replace("\n", "\n  ")
             click.echo(("\n  " if count == 0 else ",\n  ") + text, nl=False)
         elif prediction.error is None:
-            line = f"{text(prediction.path)}: {prediction.label} ({prediction.probability:.1%})"
+            line = f"{shown}: {prediction.label} ({prediction.probability:.1%})"
             if top:
                 line += "  top: " + ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
             click.echo(line)
@@ -649,10 +651,10 @@ def visualize(image: Path, model_dir: Path, out: Path, force: bool) -> None:
         catsdogs visualize photo.jpg --model model --out why_dog --force
     """
     from catsdogs.visualize import visualize as draw
-    from data_prep.discover import text
+    from data_prep.discover import printable
 
     result = draw(image, model_dir, out, force=force)
-    click.echo(f"{text(image)}: {result.label} ({result.probability:.1%})")
+    click.echo(f"{printable(image)}: {result.label} ({result.probability:.1%})")
     click.echo(f"Wrote {', '.join(result.files)} to {out}")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from catsdogs import __version__
 from catsdogs.predict import Prediction, Predictor
 from data_prep import safeio
-from data_prep.discover import text
+from data_prep.discover import printable
 
 FORMAT = "catsdogs-evaluation/1"
 MISTAKES_SHOWN = 16
@@ -305,7 +305,7 @@ def evaluate(
                     unreadable.append((prediction.path, prediction.error or "unreadable"))
                     continue
                 choice = classes.index(prediction.label)  # decided by predict.decide
-                writer.writerow([text(prediction.path), classes[label], prediction.label,
+                writer.writerow([printable(prediction.path), classes[label], prediction.label,
                                  *[f"{p:.6f}" for p in prediction.scores]])
                 true.append(label)
                 predicted.append(choice)
@@ -341,7 +341,7 @@ def evaluate(
             (
                 mistake_pixels(kept_paths[i], source, predictor),
                 f"true {classes[true_a[i]]}\nsaid {classes[predicted_a[i]]} "
-                f"{scores_a[i, predicted_a[i]]:.1%}\n{text(Path(kept_paths[i]).name)}",
+                f"{scores_a[i, predicted_a[i]]:.1%}\n{printable(Path(kept_paths[i]).name)}",
             )
             for i in worst
         ]

@@ -24,7 +24,7 @@ import numpy as np
 from catsdogs import __version__
 from catsdogs.bundle import load_keras_model, read_model_info
 from data_prep import safeio
-from data_prep.discover import text
+from data_prep.discover import printable
 from data_prep.images import ImageError, load_image
 
 FORMAT = "catsdogs-visualization/1"
@@ -151,7 +151,7 @@ def visualize(
     scores = predict(pixels[None].astype("float32"))[0]
     target = int(np.argmax(scores))
     label, probability = classes[target], float(scores[target])
-    verdict = f"{text(image_path.name)}: {label} ({probability:.1%})"
+    verdict = f"{printable(image_path.name)}: {label} ({probability:.1%})"
     plt = pyplot()
 
     tmp = safeio.temporary_sibling(out_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 CLUTTER_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 
 
-def text(name: str | os.PathLike[str]) -> str:
+def printable(name: str | os.PathLike[str]) -> str:
     """A file name or path as text that any UTF-8 file can hold.
 
     A name that is not valid UTF-8 (``café.jpg`` written by an old Windows tool, in Latin-1)
@@ -64,7 +64,7 @@ def _walk_files(folder: Path) -> list[Path]:
 
 
 def _flat_class(name: str) -> str | None:
-    stem, dot, _ = text(name).partition(".")
+    stem, dot, _ = printable(name).partition(".")
     return stem.lower() if dot and stem else None
 
 
@@ -89,8 +89,8 @@ def discover(source: str | os.PathLike[str]) -> Discovery:
         for folder in class_dirs:
             found = _walk_files(folder)
             if found:
-                classes.append(text(folder.name))
-                files.extend((path, text(folder.name)) for path in found)
+                classes.append(printable(folder.name))
+                files.extend((path, printable(folder.name)) for path in found)
         if files:
             return Discovery("folders", classes, files)
 

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from data_prep import safeio, store
-from data_prep.discover import discover, text
+from data_prep.discover import discover, printable
 from data_prep.images import (
     MIN_SIDE,
     RESIZE_POLICIES,
@@ -327,12 +327,12 @@ def plan_duplicates(files: list[tuple[Path, str]], digests: list[bytes | None]
         labels = sorted({files[i][1] for i in indices})
         if len(labels) > 1:
             for i in indices:
-                skip[i] = Skip(text(os.path.abspath(files[i][0])), "label conflict",
+                skip[i] = Skip(printable(os.path.abspath(files[i][0])), "label conflict",
                                "same bytes in " + ", ".join(labels))
         else:
             for i in indices[1:]:
-                skip[i] = Skip(text(os.path.abspath(files[i][0])), "duplicate",
-                               f"same bytes as {text(os.path.abspath(files[indices[0]][0]))}")
+                skip[i] = Skip(printable(os.path.abspath(files[i][0])), "duplicate",
+                               f"same bytes as {printable(os.path.abspath(files[indices[0]][0]))}")
     return skip
 
 
@@ -469,7 +469,7 @@ def prepare(
                 nonlocal done
                 digests[result.index] = result.digest
                 if result.reason:
-                    skips[result.index] = Skip(text(os.path.abspath(files[result.index][0])),
+                    skips[result.index] = Skip(printable(os.path.abspath(files[result.index][0])),
                                                result.reason, result.detail)
                 done += 1
                 report("checking", done, len(to_hash))
@@ -491,7 +491,7 @@ def prepare(
             def on_written(result: Written) -> None:
                 nonlocal done
                 if result.reason:
-                    skips[result.index] = Skip(text(os.path.abspath(files[result.index][0])),
+                    skips[result.index] = Skip(printable(os.path.abspath(files[result.index][0])),
                                                result.reason, result.detail)
                 else:
                     sizes[result.index] = (result.width, result.height)
@@ -512,7 +512,7 @@ def prepare(
             handle.truncate(offset + len(kept) * row_bytes)
         rewrite_npy_header(npy, (len(kept), size, size, 3), offset)
 
-        rows = [(text(os.path.abspath(files[i][0])), files[i][1], *sizes[i]) for i in kept]
+        rows = [(printable(os.path.abspath(files[i][0])), files[i][1], *sizes[i]) for i in kept]
         skipped = [skips[i] for i in sorted(skips)]
         counts = Counter(label for _, label, _, _ in rows)
         classes = [name for name in found.classes if counts[name] > 0]
@@ -571,7 +571,7 @@ def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip]
         "skipped_by_reason": result.skipped_by_reason,
         "test_fraction": test_fraction,
         "seed": seed,
-        "source": text(os.path.abspath(source)),
+        "source": printable(os.path.abspath(source)),
         "layout": layout,
         "fingerprint": digest,
         "catsdogs_version": store.package_version(),
