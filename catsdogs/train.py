@@ -73,7 +73,7 @@ class Split:
 
 def checkpoint_folder(out: Path) -> Path:
     """The hidden sibling of ``out`` that holds an unfinished run's checkpoint."""
-    return out.parent / f".{out.name}.partial"
+    return out.parent / f".{safeio.sibling_stem(out)}.partial"
 
 
 def check_out_folder(out: Path, force: bool) -> None:

@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import hashlib
 import inspect
 import os
 import re
@@ -66,17 +67,33 @@ class OutputError(OSError):
         return str(self.strerror)
 
 
+MAX_STEM_BYTES = 200
+"""The longest output name that hidden siblings repeat in full: ``.<name>.tmp-<pid>-<hex>``
+adds up to 22 bytes, and a file name may have 255."""
+
+
+def sibling_stem(path: Path) -> str:
+    """The part of ``path``'s name that its hidden siblings (temporary folder, lock file,
+    checkpoint) carry: the name itself, or for a name too long to take their suffixes, its
+    first bytes and a hash of the whole name (so two long names never share siblings)."""
+    raw = os.fsencode(path.name)
+    if len(raw) <= MAX_STEM_BYTES:
+        return path.name
+    digest = hashlib.sha256(raw).hexdigest()[:12]
+    return os.fsdecode(raw[: MAX_STEM_BYTES - 13]) + "~" + digest
+
+
 def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
     """A fresh hidden path beside ``path`` (same filesystem, so a rename is atomic).
 
     The name carries the pid of the writer, so leftovers of dead processes can be recognised
     (:func:`stale_siblings`).
     """
-    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return path.parent / f".{sibling_stem(path)}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def lock_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.lock"
+    return out.parent / f".{sibling_stem(out)}.lock"
 
 
 def failpoint(name: str) -> None:
@@ -279,7 +296,7 @@ def stale_siblings(out: Path) -> list[tuple[str, Path]]:
     """Hidden ``.tmp-``/``.old-`` siblings of ``out`` left by processes that are gone:
     ``(tag, path)``, newest first."""
     pattern = re.compile(
-        r"^\." + re.escape(out.name) + r"\.(?P<tag>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$"
+        r"^\." + re.escape(sibling_stem(out)) + r"\.(?P<tag>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$"
     )
     found: list[tuple[float, str, Path]] = []
     try:
@@ -399,7 +416,7 @@ def _is_output_path(path: Path, out: Path) -> bool:
     if path == out or out in path.parents or path in out.parents:
         return True
     top = next((p for p in [path, *path.parents] if p.parent == out.parent), None)
-    return top is not None and top.name.startswith(f".{out.name}.")
+    return top is not None and top.name.startswith(f".{sibling_stem(out)}.")
 
 
 def describe_write_error(error: OSError, out: Path) -> OutputError | None:

@@ -253,3 +253,27 @@ def test_commands_work_with_stderr_closed(tmp_path, trained_model, workers):
                                                  ).read_bytes()
     done = run("predict", str(photos / "dogs"), "--model", str(trained_model))
     assert done.returncode == 0 and done.stdout.count(": dogs (") == 6
+
+
+def test_outputs_with_names_near_the_length_limit(tmp_path, runner, two_sources):
+    """A 250-byte --out name is legal (the limit is 255), but ``.<name>.tmp-<pid>-<hex>``
+    would not be: hidden siblings then carry a shortened, hashed form of the name."""
+    first, _ = two_sources
+    out = tmp_path / ("d" * 250)
+    for extra in ([], ["--force", "--size", "16"]):  # a second run replaces the first
+        result = runner.invoke(cli, ["prepare", str(first), "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+    assert read_dataset(out).image_size == 16
+    model = tmp_path / ("m" * 250)
+    result = runner.invoke(cli, ["train", "--data", str(out), "--out", str(model),
+                                 *TINY_MODEL, "--epochs", "1", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert (model / "model.keras").is_file()
+    assert hidden_siblings(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["d" * 250, "m" * 250, "first", "second"])
+    # two long names that share their first 200 bytes do not share a lock
+    twin = tmp_path / ("d" * 249 + "e")
+    assert safeio.lock_path(twin) != safeio.lock_path(out)
+    assert all(len(os.fsencode(safeio.temporary_sibling(p).name)) <= 255
+               for p in (out, twin, model))
