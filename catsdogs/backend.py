@@ -18,27 +18,17 @@ def quiet_native_stderr() -> Iterator[None]:
     without a GPU) while it loads and probes devices; no environment variable silences them in
     recent releases.
     """
-    try:
-        saved = os.dup(2)
-    except OSError:  # no file descriptor 2 at all: nothing to capture
-        yield
-        return
-    try:
-        with tempfile.TemporaryFile() as captured:
-            if sys.stderr is not None:
-                sys.stderr.flush()
-            os.dup2(captured.fileno(), 2)
-            try:
+    from data_prep.safeio import native_stderr_to
+
+    with tempfile.TemporaryFile() as captured:
+        try:
+            with native_stderr_to(captured.fileno()):
                 yield
-            except BaseException:
-                os.dup2(saved, 2)
-                if sys.stderr is not None:
-                    captured.seek(0)
-                    sys.stderr.write(captured.read().decode(errors="replace"))
-                raise
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        except BaseException:
+            if sys.stderr is not None:
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
 
 
 def keras() -> ModuleType:

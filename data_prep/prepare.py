@@ -21,7 +21,6 @@ import hashlib
 import multiprocessing
 import os
 import shutil
-import sys
 import threading
 import time
 from collections import Counter
@@ -81,6 +80,11 @@ class PrepareResult:
     @property
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(skip.reason for skip in self.skipped).most_common())
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """The absolute path of a file as manifest.csv, skipped.csv and messages show it."""
+    return printable(os.path.abspath(path))
 
 
 def available_cores() -> int:
@@ -202,11 +206,6 @@ def _init_worker(parent_pid: int) -> None:
     cv2.setNumThreads(1)  # one process per core already; no threads on top
     # libjpeg prints warnings ("Corrupt JPEG data: ...") straight to stderr; in workers they
     # would scribble over the progress bar. Problems are reported in skipped.csv instead.
-    _discard_native_stderr()
-
-
-def _discard_native_stderr() -> None:
-    """Point file descriptor 2 at the null device."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
@@ -223,20 +222,10 @@ def _decoding_here() -> Iterator[None]:
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    saved = -1
     try:
-        if sys.stderr is not None:
-            sys.stderr.flush()
-        saved = os.dup(2)
-        _discard_native_stderr()
-    except (OSError, ValueError):  # no file descriptor 2 (closed by the caller): nothing to hide
-        pass
-    try:
-        yield
+        with safeio.native_stderr_to(None):
+            yield
     finally:
-        if saved >= 0:
-            os.dup2(saved, 2)
-            os.close(saved)
         cv2.setNumThreads(threads)
 
 
@@ -327,12 +316,12 @@ def plan_duplicates(files: list[tuple[Path, str]], digests: list[bytes | None]
         labels = sorted({files[i][1] for i in indices})
         if len(labels) > 1:
             for i in indices:
-                skip[i] = Skip(printable(os.path.abspath(files[i][0])), "label conflict",
+                skip[i] = Skip(shown_path(files[i][0]), "label conflict",
                                "same bytes in " + ", ".join(labels))
         else:
             for i in indices[1:]:
-                skip[i] = Skip(printable(os.path.abspath(files[i][0])), "duplicate",
-                               f"same bytes as {printable(os.path.abspath(files[indices[0]][0]))}")
+                skip[i] = Skip(shown_path(files[i][0]), "duplicate",
+                               f"same bytes as {shown_path(files[indices[0]][0])}")
     return skip
 
 
@@ -469,7 +458,7 @@ def prepare(
                 nonlocal done
                 digests[result.index] = result.digest
                 if result.reason:
-                    skips[result.index] = Skip(printable(os.path.abspath(files[result.index][0])),
+                    skips[result.index] = Skip(shown_path(files[result.index][0]),
                                                result.reason, result.detail)
                 done += 1
                 report("checking", done, len(to_hash))
@@ -491,7 +480,7 @@ def prepare(
             def on_written(result: Written) -> None:
                 nonlocal done
                 if result.reason:
-                    skips[result.index] = Skip(printable(os.path.abspath(files[result.index][0])),
+                    skips[result.index] = Skip(shown_path(files[result.index][0]),
                                                result.reason, result.detail)
                 else:
                     sizes[result.index] = (result.width, result.height)
@@ -512,7 +501,7 @@ def prepare(
             handle.truncate(offset + len(kept) * row_bytes)
         rewrite_npy_header(npy, (len(kept), size, size, 3), offset)
 
-        rows = [(printable(os.path.abspath(files[i][0])), files[i][1], *sizes[i]) for i in kept]
+        rows = [(shown_path(files[i][0]), files[i][1], *sizes[i]) for i in kept]
         skipped = [skips[i] for i in sorted(skips)]
         counts = Counter(label for _, label, _, _ in rows)
         classes = [name for name in found.classes if counts[name] > 0]
@@ -571,7 +560,7 @@ def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip]
         "skipped_by_reason": result.skipped_by_reason,
         "test_fraction": test_fraction,
         "seed": seed,
-        "source": printable(os.path.abspath(source)),
+        "source": shown_path(source),
         "layout": layout,
         "fingerprint": digest,
         "catsdogs_version": store.package_version(),

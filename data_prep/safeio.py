@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,34 @@ def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
 
 def lock_path(out: Path) -> Path:
     return out.parent / f".{sibling_stem(out)}.lock"
+
+
+@contextlib.contextmanager
+def native_stderr_to(target: int | None = None) -> Iterator[None]:
+    """Point file descriptor 2 at ``target`` (a descriptor; default: the null device) for
+    the block, then back.
+
+    What native code writes there (libjpeg's warnings, TensorFlow's C++ log lines) goes with
+    it; Python's ``sys.stderr`` is flushed first, so none of its own output is misdirected.
+    When there is no descriptor 2 (closed by the caller), nothing is done.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY) if target is None else -1
+    try:
+        if sys.stderr is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+        os.dup2(null if target is None else target, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if null >= 0:
+            os.close(null)
 
 
 def failpoint(name: str) -> None:
