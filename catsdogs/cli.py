@@ -4,7 +4,6 @@ prints the result. Keras and TensorFlow are imported inside command bodies only,
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -15,18 +14,8 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.config import (
-    ACTIVATIONS,
-    BATCH_NORM_AUTO_BLOCKS,
-    DEVICES,
-    HEADS,
-    JIT_COMPILE,
-    LR_SCHEDULES,
-    MONITORS,
-    OPTIMIZERS,
-    PADDINGS,
-    PRECISIONS,
-)
+from catsdogs.options import configs_from, setting_options
+from catsdogs.recipe import ignored_settings, recipe_text
 
 DEFAULT_DATA = "prepared"
 DEFAULT_MODEL = "model"
@@ -224,86 +213,10 @@ class ProgressLine:
             click.echo("\r\x1b[K", nl=False, err=True)
 
 
-def model_options(function: Callable) -> Callable:
-    """The options that describe the network, shared by ``train`` and ``summary``.
-
-    The defaults are the default recipe's network; ``--blocks 1 --filters 10 --kernel-size 5
-    --dense 0`` (with the default valid padding and Flatten head, and batch normalization
-    off below 3 blocks) is the classic article's.
-    """
-    options = [
-        click.option("--blocks", type=click.IntRange(1, 10), default=5, show_default=True,
-                     help="Number of Conv2D + MaxPooling2D blocks."),
-        click.option("--filters", type=click.IntRange(1, 1024), default=16, show_default=True,
-                     help="Filters of the first Conv2D; each later block doubles them."),
-        click.option("--kernel-size", type=click.IntRange(1, 15), default=3, show_default=True,
-                     help="Side of the square convolution kernels."),
-        click.option("--pool-size", type=click.IntRange(1, 8), default=2, show_default=True,
-                     help="Side of the max-pooling windows."),
-        click.option("--padding", type=click.Choice(PADDINGS), default="valid",
-                     show_default=True, help="Convolution padding."),
-        click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu",
-                     show_default=True, help="Activation of the hidden layers."),
-        click.option("--batch-norm/--no-batch-norm", default=None,
-                     help="BatchNormalization after each Conv2D "
-                          f"[default: on for {BATCH_NORM_AUTO_BLOCKS} blocks or more]."),
-        click.option("--head", type=click.Choice(HEADS), default="flatten", show_default=True,
-                     help="flatten: Flatten the last feature map; gap: global average "
-                          "pooling (one value per filter)."),
-        click.option("--dense", default="0", show_default=True,
-                     help="Comma-separated units of hidden Dense layers; 0 for none."),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.3,
-                     show_default=True,
-                     help="Dropout rate before each Dense layer and the output; 0 for none."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def model_config_from(size: int, num_classes: int, options: dict[str, Any]):
-    from catsdogs.config import ModelConfig, parse_dense
-
-    return ModelConfig(
-        image_size=size,
-        num_classes=num_classes,
-        blocks=options["blocks"],
-        filters=options["filters"],
-        kernel_size=options["kernel_size"],
-        pool_size=options["pool_size"],
-        padding=options["padding"],
-        activation=options["activation"],
-        dense=parse_dense(options["dense"]),
-        dropout_rate=options["dropout"],
-        batch_norm=options["batch_norm"],
-        head=options["head"],
-    )
-
-
-def dense_option_check(function: Callable) -> Callable:
-    """Report a malformed --dense as a usage error (exit 2), like every other bad option."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from catsdogs.config import parse_dense
-
-        try:
-            parse_dense(kwargs["dense"])
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="'--dense'") from None
-        return function(*args, **kwargs)
-
-    return wrapper
-
-
 @cli.command()
-@model_options
-@click.option("--size", type=click.IntRange(8, 2048), default=128, show_default=True,
-              help="Side in pixels of the square input images.")
-@click.option("--classes", "num_classes", type=click.IntRange(2, 1000), default=2,
-              show_default=True, help="Number of classes.")
-@dense_option_check
-def summary(size: int, num_classes: int, **options: Any) -> None:
+@setting_options("summary")
+@click.pass_context
+def summary(ctx: click.Context, print_config: bool, **settings: Any) -> None:
     """Print the model's layer table and parameter counts, with no data and no training.
 
     \b
@@ -311,11 +224,15 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
         catsdogs summary                       # the default recipe's model
         catsdogs summary --size 300 --blocks 1 --filters 10 --kernel-size 5 \\
             --dense 0                          # the classic article's model: 219,801
+        catsdogs summary --config examples/article.toml   # the same, from a recipe file
     """
     from catsdogs.model import build_model, summary_lines
 
-    model = build_model(model_config_from(size, num_classes, options))
-    for line in summary_lines(model):
+    model_config, train_config, _ = configs_from(settings)
+    if print_config:
+        click.echo(recipe_text("summary", model_config, train_config), nl=False)
+        return
+    for line in summary_lines(build_model(model_config)):
         click.echo(line)
 
 
@@ -324,64 +241,23 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
               show_default=True, help="Prepared dataset folder (from 'catsdogs prepare').")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=DEFAULT_MODEL,
               show_default=True, help="Folder to save the trained model to.")
-@model_options
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Random flips, rotations, zooms, shifts and contrast while training "
-                   "(never at prediction).")
-@click.option("--epochs", type=click.IntRange(1, 10_000), default=80, show_default=True,
-              help="Passes over the training photos.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
-              help="Photos per training step (per GPU, or per worker, when training is "
-                   "distributed).")
-@click.option("--validation-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.2, show_default=True,
-              help="Share of photos held out (stratified, seeded) to validate on.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw",
-              show_default=True, help="Optimizer.")
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=3e-3,
-              show_default=True, help="Peak learning rate.")
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine",
-              show_default=True,
-              help="constant; cosine (warm-up, then decay to 1%); step (÷10 at 1/2 and 3/4 "
-                   "of the epochs); plateau (÷5 after 3 epochs without improvement).")
-@click.option("--warmup-epochs", type=click.IntRange(0, 1000), default=2, show_default=True,
-              help="Epochs of linear warm-up for the cosine schedule.")
-@click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True,
-              help="Decoupled weight decay; 0 for none.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1,
-              show_default=True, help="Label smoothing of the cross-entropy loss.")
-@click.option("--monitor", type=click.Choice(MONITORS), default="val_loss",
-              show_default=True, help="Validation metric that picks the best epoch.")
-@click.option("--patience", type=click.IntRange(0, 10_000), default=0, show_default=True,
-              help="Stop after this many epochs without a better --monitor; 0 never stops.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="auto: a GPU when there is one; cpu: the CPU even then.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
-              show_default=True, help="auto: mixed float16 on a GPU, float32 on the CPU.")
-@click.option("--jit-compile", type=click.Choice(JIT_COMPILE), default="auto",
-              show_default=True,
-              help="XLA compilation of the training step; auto: Keras decides (off on a "
-                   "CPU with TensorFlow).")
-@click.option("--seed", type=int, default=1337, show_default=True,
-              help="Seed for the split, the shuffling, augmentation and the initial weights.")
+@setting_options("train")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last checkpoint, with its "
                    "options (other model and training options are ignored).")
 @click.option("--force", is_flag=True,
               help="Replace a model already saved in --out (and discard an interrupted run).")
-@dense_option_check
-def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
-          validation_split: float, optimizer: str, learning_rate: float, lr_schedule: str,
-          warmup_epochs: int, weight_decay: float, label_smoothing: float, monitor: str,
-          patience: int, device: str, precision: str, jit_compile: str, seed: int,
-          resume: bool, force: bool, **options: Any) -> None:
+@click.pass_context
+def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
+          print_config: bool, **settings: Any) -> None:
     """Build the model, print its parameter summary, and train it on a prepared dataset.
 
     With no options this is the default recipe: 5 blocks with batch normalization,
     augmentation, AdamW with a cosine schedule and label smoothing, 80 epochs. The
     weights of the best epoch by --monitor are saved to --out as model.keras, with
     model.json, history.csv and curves.png. Ctrl-C stops after saving the best epoch so
-    far; --resume continues from the last finished epoch.
+    far; --resume continues from the last finished epoch. --config FILE reads the
+    settings from a TOML recipe; --print-config prints one.
 
     \b
     Example:
@@ -389,42 +265,61 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
         catsdogs train --epochs 60 --patience 10
         catsdogs train --blocks 1 --filters 10 --kernel-size 5 --dense 0 \\
             --no-augment --dropout 0                     # the classic article's model
+        catsdogs train --config examples/article.toml --epochs 30
+        catsdogs train --epochs 60 --print-config > recipe.toml
         catsdogs train --resume                          # after Ctrl-C
     """
-    import sys
-
-    from catsdogs.config import TrainConfig
-    from catsdogs.model import summary_lines
     from catsdogs.train import train as train_model
 
-    model_config = model_config_from(128, 2, options)
-    train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, validation_split=validation_split,
-        learning_rate=learning_rate, optimizer=optimizer, weight_decay=weight_decay,
-        lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing, augment=augment, monitor=monitor, patience=patience,
-        device=device, precision=precision, jit_compile=jit_compile, seed=seed,
-    )
-    terminal = sys.stdout.isatty()
-    total_epochs = [epochs]
+    model_config, train_config, _ = configs_from(settings)
+    if print_config:
+        click.echo(recipe_text("train", model_config, train_config), nl=False)
+        return
+    for key, value, path in ignored_settings(ctx):
+        click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
+                   "prepared dataset", err=True)
+    progress = TrainProgress(train_config.epochs)
+    if resume:
+        progress.total_epochs = resume_banner(out)
+    result = train_model(data, out, model_config, train_config, force=force, resume=resume,
+                         on_start=progress.on_start, on_epoch=progress.on_epoch,
+                         on_batch=progress.on_batch if progress.terminal else None)
+    progress.clear()
+    report_training(result, data, out, train_config.patience)
 
-    def on_start(model: Any, device_name: str) -> None:
+
+class TrainProgress:
+    """What ``train`` prints while it runs: the summary, a bar per epoch, a line per epoch.
+
+    The bar is drawn only on a terminal; piped or redirected, one line per epoch.
+    """
+
+    def __init__(self, total_epochs: int) -> None:
+        import sys
+
+        self.total_epochs = total_epochs
+        self.terminal = sys.stdout.isatty()
+
+    def on_start(self, model: Any, device_name: str) -> None:
+        from catsdogs.model import summary_lines
+
         for line in summary_lines(model):
             click.echo(line)
         click.echo(f"Training on {device_name}.")
 
-    def on_batch(step: int, steps: int, logs: dict[str, float]) -> None:
+    def on_batch(self, step: int, steps: int, logs: dict[str, float]) -> None:
         width = 30
         done = int(width * step / steps) if steps else width
         click.echo(f"\r  [{'=' * done}{'.' * (width - done)}] {step}/{steps}"
                    f"  loss {logs.get('loss', float('nan')):.4f}"
                    f"  accuracy {logs.get('accuracy', float('nan')):.4f}", nl=False)
 
-    def on_epoch(row: dict[str, Any]) -> None:
-        if terminal:
-            click.echo("\r\033[K", nl=False)  # clear the progress bar
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        import sys
+
+        self.clear()
         click.echo(
-            f"epoch {row['epoch']:>3}/{total_epochs[0]}"
+            f"epoch {row['epoch']:>3}/{self.total_epochs}"
             f"  loss {row.get('loss', float('nan')):.4f}"
             f"  accuracy {row.get('accuracy', float('nan')):.4f}"
             f"  val_loss {row.get('val_loss', float('nan')):.4f}"
@@ -433,18 +328,24 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
         )
         sys.stdout.flush()  # one line per epoch, as it happens, also into a pipe or a file
 
-    if resume:
-        from catsdogs.train import checkpoint_folder, read_checkpoint
+    def clear(self) -> None:
+        """Rub out the progress bar (on a terminal)."""
+        if self.terminal:
+            click.echo("\r\033[K", nl=False)
 
-        state = read_checkpoint(checkpoint_folder(out))
-        total_epochs[0] = int(state["training"]["epochs"])
-        click.echo(f"Resuming the interrupted run after epoch {state['epochs_done']} "
-                   f"(its options are used).")
-    result = train_model(data, out, model_config, train_config, force=force, resume=resume,
-                         on_start=on_start, on_epoch=on_epoch,
-                         on_batch=on_batch if terminal else None)
-    if terminal:
-        click.echo("\r\033[K", nl=False)
+
+def resume_banner(out: Path) -> int:
+    """Say which run ``--resume`` continues; return its number of epochs."""
+    from catsdogs.train import checkpoint_folder, read_checkpoint
+
+    state = read_checkpoint(checkpoint_folder(out))
+    click.echo(f"Resuming the interrupted run after epoch {state['epochs_done']} "
+               f"(its options are used).")
+    return int(state["training"]["epochs"])
+
+
+def report_training(result: Any, data: Path, out: Path, patience: int) -> None:
+    """The end of ``train``: the best epoch, where the model is, exit 130 if interrupted."""
     best = result.best
     if result.interrupted:
         click.echo(f"Interrupted after {result.epochs_run} finished epoch(s).", err=True)
@@ -461,7 +362,7 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
     )
     if result.worker_index == 0:
         click.echo(f"Saved model to {out} (model.keras, model.json, history.csv, curves.png)")
-    else:  # (#7) multi-worker training: only the chief (worker 0) writes --out
+    else:  # multi-worker training: only the chief (worker 0) writes --out
         click.echo(f"Worker {result.worker_index} of {result.num_workers} done; the chief "
                    "(worker 0) saved the model, nothing was written here.")
     if result.interrupted:
