@@ -425,42 +425,60 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
         raise click.BadParameter(f"the model has {len(classes)} classes; --threshold needs "
                                  "two (use --top)", param_hint="'--threshold'")
     top = min(top, len(classes)) if top else 0
+    output = PredictionOutput(classes, "csv" if as_csv else "json" if as_json else "lines", top)
     failed = 0
-    count = 0
-    writer = None
-    if as_csv:
-        import csv
-        import sys
-
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", "probability", *classes, "error"])
-    elif as_json:
-        click.echo("[", nl=False)
     for prediction in predictor.predict_paths(paths, batch_size=batch_size,
                                               threshold=threshold, top=top):
-        shown = printable(prediction.path)  # a name that is not UTF-8 gets \xNN escapes
         if prediction.error is not None:
             failed += 1
-            click.echo(f"error: {shown}: {prediction.error}", err=True)
-        if writer is not None:
-            if prediction.error is not None:
-                writer.writerow([shown, "", "", *[""] * len(classes), prediction.error])
-            else:
-                writer.writerow([shown, prediction.label, prediction.probability,
-                                 *[prediction.probabilities[name] for name in classes], ""])
-        elif as_json:
-            text = json.dumps(prediction.to_dict(), indent=2).replace("\n", "\n  ")
-            click.echo(("\n  " if count == 0 else ",\n  ") + text, nl=False)
-        elif prediction.error is None:
-            line = f"{shown}: {prediction.label} ({prediction.probability:.1%})"
-            if top:
-                line += "  top: " + ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
-            click.echo(line)
-        count += 1
-    if as_json:
-        click.echo("\n]" if count else "]")
+            click.echo(f"error: {printable(prediction.path)}: {prediction.error}", err=True)
+        output.write(prediction)
+    output.close()
     if failed:
         raise SystemExit(1)
+
+
+class PredictionOutput:
+    """Prints predictions as they come: lines, one JSON array, or CSV (``style``)."""
+
+    def __init__(self, classes: list[str], style: str, top: int) -> None:
+        self.classes, self.style, self.top = classes, style, top
+        self.count = 0
+        self.writer: Any = None
+        if style == "csv":
+            import csv
+            import sys
+
+            self.writer = csv.writer(sys.stdout, lineterminator="\n")
+            self.writer.writerow(["path", "label", "probability", *classes, "error"])
+        elif style == "json":
+            click.echo("[", nl=False)
+
+    def write(self, prediction: Any) -> None:
+        from data_prep.discover import printable
+
+        shown = printable(prediction.path)  # a name that is not UTF-8 gets \xNN escapes
+        if self.style == "csv":
+            if prediction.error is not None:
+                self.writer.writerow([shown, "", "", *[""] * len(self.classes),
+                                      prediction.error])
+            else:
+                self.writer.writerow([shown, prediction.label, prediction.probability,
+                                      *[prediction.probabilities[name] for name in self.classes],
+                                      ""])
+        elif self.style == "json":
+            text = json.dumps(prediction.to_dict(), indent=2).replace("\n", "\n  ")
+            click.echo(("\n  " if self.count == 0 else ",\n  ") + text, nl=False)
+        elif prediction.error is None:
+            line = f"{shown}: {prediction.label} ({prediction.probability:.1%})"
+            if self.top:
+                line += "  top: " + ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
+            click.echo(line)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.style == "json":
+            click.echo("\n]" if self.count else "]")
 
 
 def percent(value: float | None) -> str:
