@@ -68,7 +68,9 @@ class Setting:
 
     field: str
     option: str
-    kind: str  # "int", "float", "str", "bool", "bool|None" or "tuple[int]"
+    # "int", "float", "str", "bool", "bool|None" (None: auto), "tuple[int]" (a list of
+    # whole numbers) or "int|tuple[int]" (one number, or one per block: ``6,16``)
+    kind: str
     default: Any
     help: str
     min: float | None
@@ -86,8 +88,8 @@ class Setting:
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{self.option} must be one of {', '.join(self.choices)}, "
                              f"got {value!r}")
-        numbers = value if self.kind == "tuple[int]" else (value,)
-        if self.kind not in ("int", "float", "tuple[int]"):
+        numbers = value if isinstance(value, tuple) else (value,)
+        if self.kind not in ("int", "float", "tuple[int]", "int|tuple[int]"):
             return
         for number in numbers:
             if self.min is not None and (number <= self.min if self.min_open
@@ -101,13 +103,15 @@ class Setting:
 
 
 KINDS = {"int": "int", "float": "float", "str": "str", "bool": "bool",
-         "bool | None": "bool|None", "tuple[int, ...]": "tuple[int]"}
+         "bool | None": "bool|None", "tuple[int, ...]": "tuple[int]",
+         "int | tuple[int, ...]": "int|tuple[int]"}
+LIST_KINDS = ("tuple[int]", "int|tuple[int]")
 
 
 @functools.cache
 def settings_of(cls: type) -> tuple[Setting, ...]:
     """The settings of a config dataclass, in field order."""
-    group = {"ModelConfig": "model", "TrainConfig": "training"}[cls.__name__]
+    group = {"ModelConfig": "model", "TrainConfig": "training"}.get(cls.__name__, "other")
     found = []
     for item in fields(cls):
         meta = item.metadata
@@ -128,8 +132,14 @@ def all_settings() -> tuple[Setting, ...]:
 
 
 def check_settings(config: Any) -> None:
-    """Check every field of a config dataclass against the bounds and choices of its setting."""
+    """Check every field of a config dataclass against the bounds and choices of its setting.
+
+    Lists (from ``model.json``) become tuples first.
+    """
     for item in settings_of(type(config)):
+        value = getattr(config, item.field)
+        if item.kind in LIST_KINDS and isinstance(value, (list, tuple)):
+            setattr(config, item.field, tuple(int(unit) for unit in value))
         item.check(getattr(config, item.field))
 
 
@@ -169,7 +179,6 @@ class ModelConfig:
         "value per filter).", choices=HEADS)
 
     def __post_init__(self) -> None:
-        self.dense = tuple(int(units) for units in self.dense)
         self.validate()
 
     @property
@@ -193,9 +202,8 @@ class ModelConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["dense"] = list(self.dense)
-        return data
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -275,6 +283,8 @@ def parse_int_list(text: str, option: str = "dense", zero_means_none: bool = Tru
                          ) from None
     if zero_means_none and units in ((0,), ()):
         return ()
+    if not units:
+        raise ValueError(f"--{option} takes at least one whole number, got {text!r}")
     return units
 
 

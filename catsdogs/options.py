@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from catsdogs.config import (
+    LIST_KINDS,
     ModelConfig,
     Setting,
     TrainConfig,
@@ -33,9 +34,11 @@ class IntList(click.ParamType):
         self.setting = item
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-                ) -> tuple[int, ...]:
+                ) -> int | tuple[int, ...]:
         try:
-            units = to_int_tuple(value, self.setting)
+            units: Any = to_int_tuple(value, self.setting)
+            if self.setting.kind == "int|tuple[int]" and len(units) == 1:
+                units = units[0]  # one number: the setting's single-value meaning
             self.setting.check(units)
         except ValueError as error:
             self.fail(str(error), param, ctx)
@@ -45,6 +48,8 @@ class IntList(click.ParamType):
 def to_int_tuple(value: Any, item: Setting) -> tuple[int, ...]:
     """A tuple of whole numbers from text (``"256,64"``), one number or a list of them."""
     if isinstance(value, (list, tuple)):
+        if not value and not item.zero_means_none:
+            raise ValueError(f"{item.option} takes at least one whole number")
         if not all(isinstance(unit, int) and not isinstance(unit, bool) for unit in value):
             raise ValueError(f"{item.option} takes whole numbers, got {value!r}")
         units = tuple(value)
@@ -59,7 +64,7 @@ def to_int_tuple(value: Any, item: Setting) -> tuple[int, ...]:
 
 def format_default(item: Setting) -> Any:
     """The default as the command line writes it: ``0`` for an empty list when 0 means none."""
-    if item.kind == "tuple[int]":
+    if isinstance(item.default, tuple):
         return ",".join(str(unit) for unit in item.default) or "0"
     return item.default
 
@@ -68,7 +73,7 @@ def click_type(item: Setting) -> Any:
     """The click type that parses and checks one setting's values."""
     bounded = item.min is not None or item.max is not None
     bounds = dict(min=item.min, max=item.max, min_open=item.min_open, max_open=item.max_open)
-    if item.kind == "tuple[int]":
+    if item.kind in LIST_KINDS:
         return IntList(item)
     if item.choices is not None:
         return click.Choice(item.choices)

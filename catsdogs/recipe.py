@@ -28,6 +28,7 @@ IGNORED_KEY = "catsdogs.recipe.ignored"
 KIND_WORDS = {
     "int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
     "bool|None": 'true, false or "auto"', "tuple[int]": "a list of whole numbers",
+    "int|tuple[int]": "a whole number or a list of them",
 }
 
 
@@ -73,7 +74,7 @@ def has_kind(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "bool|None":
         return isinstance(value, bool) or value == "auto"
-    return whole or isinstance(value, (str, list))  # tuple[int]: 0, "256,64", [256, 64]
+    return whole or isinstance(value, (str, list))  # lists: 0, "256,64", [256, 64]
 
 
 def checked_value(ctx: click.Context, item: Setting, key: str, value: Any, source: Path

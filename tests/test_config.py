@@ -6,9 +6,17 @@ import dataclasses
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from catsdogs.cli import cli
-from catsdogs.config import ModelConfig, TrainConfig, all_settings, settings_of
+from catsdogs.config import (
+    ModelConfig,
+    TrainConfig,
+    all_settings,
+    check_settings,
+    setting,
+    settings_of,
+)
 from catsdogs.options import command_settings
 
 
@@ -82,3 +90,38 @@ def test_bad_flag_values_exit_2(runner, args):
     result = runner.invoke(cli, [command, *args])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
     assert f"Invalid value for '{args[0]}'" in result.output
+
+
+@dataclasses.dataclass
+class PerBlock:
+    """A config with a setting of one number or one per block, as a per-block option is."""
+
+    filters: int | tuple[int, ...] = setting(16, "Filters.", min=1, max=1024)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+def test_a_setting_of_one_number_or_one_per_block():
+    from catsdogs.options import IntList, make_option
+    from catsdogs.recipe import toml_value
+
+    (item,) = settings_of(PerBlock)
+    assert item.kind == "int|tuple[int]"
+
+    @click.command()
+    @make_option(item)
+    def show(filters):
+        click.echo(repr(filters))
+
+    runner = CliRunner()
+    assert runner.invoke(show, []).output == "16\n"
+    assert runner.invoke(show, ["--filters", "8"]).output == "8\n"
+    assert runner.invoke(show, ["--filters", "6,16"]).output == "(6, 16)\n"
+    result = runner.invoke(show, ["--filters", "6,0"])
+    assert result.exit_code == 2 and "filters must be at least 1, got (6, 0)" in result.output
+    assert IntList(item).convert([6, 16], None, None) == (6, 16)
+    assert toml_value((6, 16), item) == "[6, 16]" and toml_value(8, item) == "8"
+    assert PerBlock(filters=[6, 16]).filters == (6, 16)  # a list from JSON becomes a tuple
+    with pytest.raises(ValueError, match="filters must be at most 1024"):
+        PerBlock(filters=(6, 2048))
