@@ -215,8 +215,7 @@ class ProgressLine:
 
 @cli.command()
 @setting_options("summary")
-@click.pass_context
-def summary(ctx: click.Context, print_config: bool, **settings: Any) -> None:
+def summary(print_config: bool, **settings: Any) -> None:
     """Print the model's layer table and parameter counts, with no data and no training.
 
     \b
