@@ -90,8 +90,8 @@ def cli() -> None:
 
 
 def sample_folder() -> Path:
-    """The built-in sample photos shipped with catsdogs."""
-    return Path(str(resources.files("catsdogs") / "sample_data"))
+    """The built-in sample's training photos (its ``unseen`` photos are kept out of it)."""
+    return Path(str(resources.files("catsdogs") / "sample_data" / "train"))
 
 
 @cli.command()
