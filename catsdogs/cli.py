@@ -19,6 +19,8 @@ from catsdogs.recipe import ignored_settings, recipe_text
 
 DEFAULT_DATA = "prepared"
 DEFAULT_MODEL = "model"
+PREPARE_SIZE = 128
+SAMPLE_SIZE = 64  # the built-in sample's photos are at most 80 px
 
 
 def ensure_standard_streams() -> None:
@@ -98,8 +100,9 @@ def sample_folder() -> Path:
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               show_default=True, help="Folder to write the prepared dataset to.")
-@click.option("--size", type=click.IntRange(8, 2048), default=128, show_default=True,
-              help="Side in pixels of the square images the photos are resized to.")
+@click.option("--size", type=click.IntRange(8, 2048), default=None,
+              help="Side in pixels of the square images the photos are resized to.  "
+                   f"[default: {PREPARE_SIZE}; {SAMPLE_SIZE} for the built-in sample]")
 @click.option("--resize", "policy", type=click.Choice(["stretch", "crop", "pad"]),
               default="stretch", show_default=True,
               help="stretch: squash to a square; crop: keep the centre square; "
@@ -115,14 +118,15 @@ def sample_folder() -> Path:
                    "one per 64 photos at most]")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar (it is only drawn on a terminal anyway).")
-def prepare(source: Path | None, out: Path, size: int, policy: str, test_fraction: float,
+def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_fraction: float,
             seed: int, force: bool, workers: int | None, quiet: bool) -> None:
     """Find, check and resize the photos in SOURCE into a training-ready dataset.
 
     SOURCE holds one sub-folder per class (cats/, dogs/; any names) or Kaggle-style
-    files named cat.1.jpg, dog.1.jpg. Without SOURCE, the built-in sample of 80
-    photos is used. The source folder is never written to. Files that are not usable
-    photos are listed with a reason in skipped.csv.
+    files named cat.1.jpg, dog.1.jpg. Without SOURCE, the built-in sample of 800
+    small photos is used, at 64 px (train it with --config demo). The source folder
+    is never written to. Files that are not usable photos are listed with a reason
+    in skipped.csv.
 
     \b
     Example:
@@ -134,7 +138,9 @@ def prepare(source: Path | None, out: Path, size: int, policy: str, test_fractio
 
     if source is None:
         source = sample_folder()
+        size = size or SAMPLE_SIZE
         click.echo(f"No SOURCE given: using the built-in sample ({source}).")
+    size = size or PREPARE_SIZE
     bar = ProgressLine() if not quiet and ProgressLine.wanted() else None
     try:
         result = prepare_dataset(source, out, size, policy, force=force,
@@ -223,7 +229,7 @@ def summary(print_config: bool, **settings: Any) -> None:
         catsdogs summary                       # the default recipe's model
         catsdogs summary --size 300 --blocks 1 --filters 10 --kernel-size 5 \\
             --dense 0                          # the classic article's model: 219,801
-        catsdogs summary --config examples/article.toml   # the same, from a recipe file
+        catsdogs summary --config article   # the same, from a recipe file
     """
     from catsdogs.model import build_model, summary_lines
 
@@ -264,7 +270,7 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
         catsdogs train --epochs 60 --patience 10
         catsdogs train --blocks 1 --filters 10 --kernel-size 5 --dense 0 \\
             --no-augment --dropout 0                     # the classic article's model
-        catsdogs train --config examples/article.toml --epochs 30
+        catsdogs train --config article --epochs 30
         catsdogs train --epochs 60 --print-config > recipe.toml
         catsdogs train --resume                          # after Ctrl-C
     """

@@ -9,7 +9,6 @@ into a ``ModelConfig`` and a ``TrainConfig``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -108,10 +107,10 @@ def setting_options(command: str) -> Callable[[Callable], Callable]:
 
     options = [make_option(item) for item in command_settings(command)]
     options.append(click.option(
-        "--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        expose_value=False, is_eager=True, callback=load_recipe_option,
-        help="TOML file of settings (keys: the option names, without dashes); options "
-             "given here win over it."))
+        "--config", metavar="FILE|NAME", expose_value=False, is_eager=True,
+        callback=load_recipe_option,
+        help="TOML file of settings (keys: the option names, without dashes), or the name "
+             "of a built-in recipe (demo, article, ...); options given here win over it."))
     options.append(click.option(
         "--print-config", is_flag=True,
         help="Print the settings in effect as TOML (for --config) and exit."))

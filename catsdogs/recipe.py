@@ -32,6 +32,32 @@ KIND_WORDS = {
 }
 
 
+def builtin_folder() -> Path:
+    """The recipes shipped with catsdogs (``catsdogs/recipes/NAME.toml``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("catsdogs") / "recipes"))
+
+
+def builtin_recipes() -> list[str]:
+    """The names ``--config`` takes besides file paths: ``demo``, ``article``..."""
+    return sorted(path.stem for path in builtin_folder().glob("*.toml"))
+
+
+def recipe_path(value: str) -> Path:
+    """The file ``--config VALUE`` names: a file path, else a built-in recipe's name."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise click.BadParameter(f"{value!r} is not a file", param_hint="'--config'")
+    if value in builtin_recipes():
+        return builtin_folder() / f"{value}.toml"
+    raise click.BadParameter(
+        f"no file {value!r}, and no built-in recipe of that name (built-in: "
+        f"{', '.join(builtin_recipes())})", param_hint="'--config'")
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """The table of a TOML file; a syntax error is a usage error naming the file."""
     if sys.version_info >= (3, 11):
@@ -112,11 +138,12 @@ def recipe_defaults(ctx: click.Context, table: dict[str, Any], source: Path
     return defaults, ignored
 
 
-def load_recipe_option(ctx: click.Context, param: click.Parameter, path: Path | None
+def load_recipe_option(ctx: click.Context, param: click.Parameter, value: str | None
                        ) -> Path | None:
     """``--config`` callback: the file's settings become the defaults of the other options."""
-    if path is None or ctx.resilient_parsing:
-        return path
+    if value is None or ctx.resilient_parsing:
+        return None
+    path = recipe_path(value)
     defaults, ignored = recipe_defaults(ctx, read_toml(path), path)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta[IGNORED_KEY] = [(key, value, path) for key, value in ignored]

@@ -187,4 +187,16 @@ def test_prepare_without_source_uses_builtin_sample(runner, tmp_path):
     result = runner.invoke(cli, ["prepare", "--out", str(out), "--size", "32"])
     assert result.exit_code == 0, result.output
     assert "built-in sample" in result.output
-    assert read_dataset(out).info["counts"] == {"cats": 40, "dogs": 40}
+    assert read_dataset(out).info["counts"] == {"cats": 400, "dogs": 400}
+    assert read_dataset(out).info["image_size"] == 32
+
+
+def test_builtin_sample_is_prepared_at_its_own_size_and_keeps_unseen_photos_out(runner,
+                                                                                  tmp_path):
+    out = tmp_path / "prepared"
+    result = runner.invoke(cli, ["prepare", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Prepared 800 photos (64x64, stretch)" in result.output
+    dataset = read_dataset(out)
+    assert dataset.info["image_size"] == 64
+    assert not any("unseen" in path for path in dataset.manifest["path"])

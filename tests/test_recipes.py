@@ -48,7 +48,7 @@ def test_article_recipe_gives_219801_and_a_flag_wins_over_the_file(runner, tmp_p
 
 
 def test_the_shipped_article_example(runner):
-    result = invoke_ok(runner, ["summary", "--config", str(ROOT / "examples" / "article.toml")])
+    result = invoke_ok(runner, ["summary", "--config", "article"])
     assert total_params(result.output) == "219,801"
     assert "BatchNormalization" not in result.output
 
@@ -89,8 +89,19 @@ def test_invalid_toml_and_missing_file(runner, tmp_path):
     recipe = write(tmp_path, "blocks = \n")
     message = invoke_usage_error(runner, ["train", "--config", recipe])
     assert message.startswith(f"Error: {recipe} is not valid TOML: ")
-    message = invoke_usage_error(runner, ["train", "--config", str(tmp_path / "none.toml")])
-    assert "does not exist" in message
+    missing = str(tmp_path / "none.toml")
+    message = invoke_usage_error(runner, ["train", "--config", missing])
+    assert message == (f"Error: Invalid value for '--config': no file {missing!r}, and no "
+                       "built-in recipe of that name (built-in: article, demo)")
+    message = invoke_usage_error(runner, ["train", "--config", str(tmp_path)])
+    assert message == f"Error: Invalid value for '--config': {str(tmp_path)!r} is not a file"
+
+
+def test_builtin_recipes_by_name(runner):
+    assert "Total params: 219,801" in invoke_ok(runner, ["summary", "--config", "article"]).output
+    demo = invoke_ok(runner, ["train", "--config", "demo", "--print-config"]).output
+    assert 'head = "gap"\n' in demo and "epochs = 30\n" in demo
+    assert 'monitor = "val_accuracy"\n' in demo
 
 
 def test_print_config_round_trips(runner, tmp_path):
