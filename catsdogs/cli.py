@@ -228,8 +228,13 @@ def summary(print_config: bool, **settings: Any) -> None:
     Example:
         catsdogs summary                       # the default recipe's model
         catsdogs summary --size 300 --blocks 1 --filters 10 --kernel-size 5 \\
-            --dense 0                          # the classic article's model: 219,801
-        catsdogs summary --config article   # the same, from a recipe file
+            --dense 0                          # the classic Keras article's model: 219,801
+        catsdogs summary --config article      # the same, from a built-in recipe
+        catsdogs summary --size 28 --channels 1 --classes 10 --blocks 2 \\
+            --filters 6,16 --kernel-size 5 --padding same,valid --pool avg \\
+            --activation sigmoid --dense 120,84 --dropout 0 --no-batch-norm
+                                               # LeNet on 28x28 gray digits: 61,706
+        catsdogs summary --config lenet        # the same, from a built-in recipe
     """
     from catsdogs.model import build_model, summary_lines
 
@@ -276,7 +281,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     """
     from catsdogs.train import train as train_model
 
-    model_config, train_config, _ = configs_from(settings)
+    # The image size and channels come from the dataset: train checks the blocks fit them.
+    model_config, train_config, _ = configs_from(settings, check_size=False)
     if print_config:
         click.echo(recipe_text("train", model_config, train_config), nl=False)
         return
