@@ -21,7 +21,7 @@ import pytest
 
 from catsdogs import distribute
 from catsdogs.cli import cli
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 
 WORKER_TIMEOUT = 120  # seconds for the whole two-worker run
 RUN_TIMEOUT = 120

@@ -20,7 +20,7 @@ from catsdogs.evaluate import (
     match_classes,
     roc_auc,
 )
-from tests.conftest import write_photos
+from tests.helpers import write_photos
 
 KEYS = {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "confusion_matrix", "n"}
 

@@ -20,7 +20,7 @@ from catsdogs.bundle import load_keras_model, read_model_info
 from catsdogs.cli import cli
 from data_prep.prepare import prepare
 from data_prep.store import read_dataset
-from tests.conftest import TINY_MODEL, write_photos
+from tests.helpers import TINY_MODEL, write_photos
 from tests.reliability_support import (
     HIDDEN_SIBLING,
     dataset_digest,

@@ -14,7 +14,7 @@ import pytest
 
 from catsdogs.cli import cli
 from catsdogs.predict import Predictor, decide, expand_paths
-from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 
 def invoke(runner, *args):

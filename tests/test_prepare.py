@@ -13,7 +13,7 @@ import pytest
 
 from catsdogs.cli import cli
 from data_prep import ImageError, discover, load_image, prepare, read_dataset
-from tests.conftest import make_photo, write_photos
+from tests.helpers import make_photo, write_photos
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

@@ -27,7 +27,7 @@ from data_prep.images import (
     read_header,
     reduction_for,
 )
-from tests.conftest import make_photo, write_photos
+from tests.helpers import make_photo, write_photos
 
 RED_BGR = (0, 0, 255)
 

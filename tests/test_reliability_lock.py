@@ -14,7 +14,7 @@ from catsdogs.cli import cli
 from data_prep import safeio
 from data_prep.prepare import prepare
 from data_prep.store import read_dataset
-from tests.conftest import TINY_MODEL, write_photos
+from tests.helpers import TINY_MODEL, make_photo, write_photos
 from tests.reliability_support import (
     dataset_digest,
     hidden_siblings,
@@ -232,8 +232,6 @@ def test_commands_work_with_stderr_closed(tmp_path, trained_model, workers):
     write_photos(photos / "dogs", "dog", 6, seed=2)
     import cv2
     import numpy as np
-
-    from tests.conftest import make_photo
 
     good = cv2.imencode(".jpg", make_photo("cat", np.random.default_rng(3), size=64))[1].tobytes()
     middle = len(good) // 2  # a stray marker inside the scan: decodes, with a libjpeg warning

@@ -9,7 +9,7 @@ import pandas as pd
 
 from catsdogs.cli import cli
 from catsdogs.predict import Predictor
-from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.helpers import TINY_MODEL, TINY_TRAIN
 
 
 def test_model_folder_contents(trained_model):
