@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import TINY_MODEL, TINY_TRAIN, write_photos
+from tests.helpers import TINY_MODEL, TINY_TRAIN, CleanExitRunner, write_photos
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @pytest.fixture
 def runner() -> CliRunner:
-    return CliRunner()
+    """A click runner that fails the test if any exception but ``SystemExit`` escapes."""
+    return CleanExitRunner()
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trained")
     write_photos(root / "photos" / "cats", "cat", 12, seed=1)
     write_photos(root / "photos" / "dogs", "dog", 12, seed=2)
-    runner = CliRunner()
+    runner = CleanExitRunner()
     result = runner.invoke(cli, ["prepare", str(root / "photos"), "--out", str(root / "prepared"),
                                  "--size", "24"])
     assert result.exit_code == 0, result.output
