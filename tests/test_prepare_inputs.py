@@ -27,7 +27,7 @@ from data_prep.images import (
     read_header,
     reduction_for,
 )
-from tests.helpers import make_photo, write_photos
+from tests.helpers import assert_clean_exit, make_photo, write_photos
 
 RED_BGR = (0, 0, 255)
 
@@ -145,8 +145,7 @@ def test_mixed_folder_keeps_every_usable_image_and_skips_the_rest(mixed, tmp_pat
 def test_summary_counts_skips_by_reason(runner, mixed, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(cli, ["prepare", str(mixed), "--out", str(out), "--size", "16"])
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
+    assert_clean_exit(result, 0)
     summary = next(line for line in result.output.splitlines() if line.startswith("Skipped"))
     assert summary.startswith("Skipped 10: ")
     for part in ("2 label conflict", "2 not an image", "1 empty file", "1 truncated JPEG",
@@ -427,19 +426,33 @@ def test_workers_do_not_change_the_output(mixed, tmp_path):
         assert np.array_equal(outputs[2][0][row.index], load_image(row.path, 16))
 
 
-def test_progress_is_reported_through_a_callback(tiny_dataset, tmp_path):
+@pytest.fixture
+def same_size_pair(tiny_dataset: Path) -> Path:
+    """``tiny_dataset`` with two different BMP photos of one byte size added: only files
+    whose byte size another file shares are hashed, so these two are always checked."""
+    rng = np.random.default_rng(5)
+    for name in ("twin_a.bmp", "twin_b.bmp"):
+        assert cv2.imwrite(str(tiny_dataset / "cats" / name), make_photo("cat", rng))
+    sizes = {(tiny_dataset / "cats" / name).stat().st_size for name in ("twin_a.bmp",
+                                                                       "twin_b.bmp")}
+    assert len(sizes) == 1
+    return tiny_dataset
+
+
+def test_progress_is_reported_through_a_callback(same_size_pair, tmp_path):
     calls: list[tuple[str, int, int]] = []
-    prepare(tiny_dataset, tmp_path / "out", size=16, workers=2,
+    prepare(same_size_pair, tmp_path / "out", size=16, workers=2,
             progress=lambda stage, done, total: calls.append((stage, done, total)))
     resizing = [c for c in calls if c[0] == "resizing"]
-    assert [c[1] for c in resizing] == list(range(1, 25))
-    assert {c[2] for c in resizing} == {24}
-    # Only files whose byte size another file shares are hashed, so "checking" counts those.
+    assert [c[1] for c in resizing] == list(range(1, 27))
+    assert {c[2] for c in resizing} == {26}
+    # "checking" counts the files hashed for duplicates: at least the two of one size.
     checking = [c for c in calls if c[0] == "checking"]
     total = len(checking)
+    assert total >= 2
     assert [c[1] for c in checking] == list(range(1, total + 1))
-    assert {c[2] for c in checking} <= {total}
-    assert calls.index(checking[-1]) < calls.index(resizing[0]) if checking else True
+    assert {c[2] for c in checking} == {total}
+    assert calls.index(checking[-1]) < calls.index(resizing[0])
 
 
 def test_progress_bar_only_on_a_terminal(runner, tiny_dataset, tmp_path, capsys):
