@@ -17,6 +17,16 @@ from tests.helpers import TINY_MODEL, TINY_TRAIN, CleanExitRunner, write_photos
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+TRAINED_MODEL_FIXTURES = {"trained_model", "three_class_model"}
+"""Fixtures that train a real model: every test that uses one, directly or through another
+fixture, is marked slow, so that the quick tier (``-m "not slow"``) trains nothing."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def runner() -> CliRunner:

@@ -74,6 +74,7 @@ def test_train_refused_while_another_writer_holds_the_lock(runner, trained_model
     assert hidden_siblings(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_two_prepares_at_once_never_corrupt_each_other(tmp_path, two_sources):
     first, second = two_sources
     references = {}
@@ -253,6 +254,7 @@ def test_commands_work_with_stderr_closed(tmp_path, trained_model, workers):
     assert done.returncode == 0 and done.stdout.count(": dogs (") == 6
 
 
+@pytest.mark.slow
 def test_outputs_with_names_near_the_length_limit(tmp_path, runner, two_sources):
     """A 250-byte --out name is legal (the limit is 255), but ``.<name>.tmp-<pid>-<hex>``
     would not be: hidden siblings then carry a shortened, hashed form of the name."""

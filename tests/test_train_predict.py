@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from catsdogs.cli import cli
 from catsdogs.predict import Predictor
@@ -53,6 +54,7 @@ def test_predict_folder(trained_model, unseen_photos):
     assert len(predictions) == 8 and all(p.error is None for p in predictions)
 
 
+@pytest.mark.slow
 def test_train_output_reports_summary_device_epochs_and_best(runner, tiny_dataset, tmp_path):
     prepared = tmp_path / "prepared"
     assert runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(prepared),
