@@ -17,6 +17,7 @@ from catsdogs.backend import keras as import_keras
 from catsdogs.cli import cli
 from catsdogs.config import ModelConfig, TrainConfig
 from catsdogs.train import checkpoint_folder, read_checkpoint, train
+from tests.helpers import assert_clean_exit
 
 keras = import_keras()
 
@@ -107,9 +108,10 @@ def test_resumed_run_matches_an_uninterrupted_one(prepared, tmp_path):
 
 
 def test_resume_without_checkpoint_is_an_error(runner, prepared, tmp_path):
-    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out",
-                                 str(tmp_path / "m"), "--resume"])
-    assert result.exit_code == 1 and "no interrupted run" in result.output
+    out = tmp_path / "m"
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out), "--resume"])
+    assert_clean_exit(result, 1, f"Error: no interrupted run to resume: "
+                                 f"{checkpoint_folder(out)} holds no checkpoint")
 
 
 @pytest.mark.slow
