@@ -474,8 +474,8 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server(address, family=family, backlog=512)
     except OSError as error:
-        raise ValueError(f"cannot listen on {host}:{port}: "
-                         f"{error.strerror or error}") from None
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ValueError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def graceful_server(config: Any) -> Any:
