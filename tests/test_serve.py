@@ -426,3 +426,14 @@ def test_loopback_addresses():
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.0.0.1")
+
+
+def test_listening_socket_is_tcp_so_answers_are_not_delayed_by_nagle():
+    from catsdogs.serve import listen
+
+    with listen("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only then
+        with socket.create_connection(sock.getsockname()[:2]):
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.proto == socket.IPPROTO_TCP
