@@ -112,16 +112,18 @@ def form(name: str, data: bytes) -> bytes:
         f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def post(connection: http.client.HTTPConnection, body: bytes) -> tuple[int, float]:
+def post(connection: http.client.HTTPConnection, body: bytes, query: str = ""
+         ) -> tuple[int, float]:
     start = time.perf_counter()
-    connection.request("POST", "/predict", body,
+    connection.request("POST", "/predict" + query, body,
                        {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
     answer = connection.getresponse()
     answer.read()
     return answer.status, time.perf_counter() - start
 
 
-def load(server: Server, bodies: list[bytes], clients: int, total: int) -> dict:
+def load(server: Server, bodies: list[bytes], clients: int, total: int, query: str = ""
+         ) -> dict:
     """``total`` requests from ``clients`` threads with a connection each."""
     share = [list(range(k, total, clients)) for k in range(clients)]
     barrier = threading.Barrier(clients)
@@ -132,7 +134,7 @@ def load(server: Server, bodies: list[bytes], clients: int, total: int) -> dict:
         results = []
         for number in numbers:
             try:
-                results.append(post(connection, bodies[number % len(bodies)]))
+                results.append(post(connection, bodies[number % len(bodies)], query))
             except (OSError, http.client.HTTPException):
                 results.append((0, 0.0))
                 connection.close()
@@ -147,7 +149,7 @@ def load(server: Server, bodies: list[bytes], clients: int, total: int) -> dict:
     latencies = sorted(seconds for status, seconds in results if status == 200)
     statuses = [status for status, _ in results]
     return {
-        "clients": clients, "requests": total, "wall": wall,
+        "clients": clients, "requests": total, "query": query, "wall": wall,
         "ok": statuses.count(200), "busy": statuses.count(503),
         "failed": total - statuses.count(200) - statuses.count(503),
         "rate": statuses.count(200) / wall,
@@ -187,17 +189,30 @@ def main() -> None:
         server = Server(model)
         load(server, bodies, 8, 64)  # warm up
         runs = [load(server, bodies, clients, args.requests) for clients in (1, 8)]
-        before = memory_mib(server.process.pid, "VmRSS")
-        reset_peak(server.process.pid)
-        burst = load(server, bodies, 100, 1000)
-        peak = memory_mib(server.process.pid, "VmHWM")
-        after = memory_mib(server.process.pid, "VmRSS")
+        runs.append(load(server, bodies, 1, 50, "?heatmap=1"))
+        bursts = [burst(server, bodies, "default --max-queue 16")]
+        server.stop()
+        server = Server(model, "--max-queue", "1000")
+        load(server, bodies, 8, 64)  # warm up
+        bursts.append(burst(server, bodies, "--max-queue 1000: every request queued"))
         exit_code = server.stop()
-    report(args, model, starts, runs, burst, (before, peak, after), exit_code, load_before,
+    described = (f"{args.model}" if args.model else "trained by the script (default network, "
+                 "128 px, 1 epoch on 400 photos)")
+    report(args, described, starts, runs, bursts, exit_code, load_before,
            sum(len(b) for b in bodies) / len(bodies))
 
 
-def report(args, model, starts, runs, burst, memory, exit_code, load_before, body_size):
+def burst(server: Server, bodies: list[bytes], setting: str) -> dict:
+    """1,000 requests from 100 clients at once, with the server's memory around them."""
+    before = memory_mib(server.process.pid, "VmRSS")
+    reset_peak(server.process.pid)
+    result = load(server, bodies, 100, 1000)
+    peak = memory_mib(server.process.pid, "VmHWM")
+    return {**result, "setting": setting, "before": before, "peak": peak,
+            "after": memory_mib(server.process.pid, "VmRSS")}
+
+
+def report(args, model, starts, runs, bursts, exit_code, load_before, body_size):
     print("## serve\n")
     command = "python benchmarks/serve_bench.py" + (f" --model {args.model}" if args.model
                                                     else "")
@@ -206,25 +221,29 @@ def report(args, model, starts, runs, burst, memory, exit_code, load_before, bod
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
           f"Load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after. Server "
           "and clients on the same machine, over loopback.\n")
-    print(f"Model: {model} (engine onnx); request bodies: one JPEG each, {body_size / 1024:.0f} "
-          "KiB on average.\n")
+    print(f"Model: {model}, engine onnx. Each request: one JPEG, {body_size / 1024:.0f} KiB "
+          "on average, as multipart/form-data, on a keep-alive connection per client.\n")
     printed = statistics.median(s[0] for s in starts)
     health = statistics.median(s[1] for s in starts)
     cpu = statistics.median(s[2] for s in starts)
-    print(f"**Start-up** (median of {len(starts)}): address printed after {printed:.2f} s, "
-          f"first /health answered after {health:.2f} s; {cpu:.2f} CPU seconds.\n")
+    print(f"**Start-up** (fresh process, median of {len(starts)}): address printed after "
+          f"{printed:.2f} s, first /health answered after {health:.2f} s; {cpu:.2f} CPU "
+          "seconds used by then.\n")
     print("| clients | requests | answered 200 | requests/s | p50 ms | p99 ms |")
     print("|---:|---:|---:|---:|---:|---:|")
     for run in runs:
-        print(f"| {run['clients']} | {run['requests']} | {run['ok']} | {run['rate']:.0f} | "
+        print(f"| {run['clients']}{' (?heatmap=1)' if run['query'] else ''} | "
+              f"{run['requests']} | {run['ok']} | {run['rate']:.0f} | "
               f"{1000 * run['p50']:.1f} | {1000 * run['p99']:.1f} |")
-    before, peak, after = memory
-    print(f"\n**Burst** of {burst['requests']:,} requests from {burst['clients']} clients at "
-          f"once (default --workers and --max-queue 16): {burst['ok']} answered 200, "
-          f"{burst['busy']} answered 503 with Retry-After, {burst['failed']} failed, in "
-          f"{burst['wall']:.1f} s. Server memory: {before:.0f} MiB resident before, peak "
-          f"{peak:.0f} MiB during it (VmHWM, reset before the burst), {after:.0f} MiB after. "
-          f"SIGTERM: exit {exit_code}.")
+    print("\n**Bursts** of 1,000 requests from 100 clients at once (default --workers):\n")
+    print("| server | answered 200 | 503 + Retry-After | failed | wall s | RSS before MiB | "
+          "peak RSS MiB | RSS after MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for b in bursts:
+        print(f"| {b['setting']} | {b['ok']} | {b['busy']} | {b['failed']} | "
+              f"{b['wall']:.1f} | {b['before']:.0f} | {b['peak']:.0f} | {b['after']:.0f} |")
+    print(f"\nPeak RSS is VmHWM from /proc, reset just before each burst. SIGTERM after "
+          f"the last burst: exit {exit_code}.")
 
 
 if __name__ == "__main__":
