@@ -25,6 +25,7 @@ import base64
 import contextlib
 import email.message
 import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -169,6 +170,10 @@ class PhotoService:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
+        # Keras models are not documented as safe to call from several threads at once:
+        # predictions through Keras take turns (decoding stays parallel).
+        self.model_turn: Any = (threading.Lock() if predictor.engine == "keras"
+                                else contextlib.nullcontext())
 
     @property
     def classes(self) -> list[str]:
@@ -198,9 +203,10 @@ class PhotoService:
         good = [(name, pixels) for name, _, pixels, _ in decoded if pixels is not None]
         answers: Iterator[Prediction] = iter(())
         if good:
-            answers = iter(self.predictor.predict_images(
-                np.stack([pixels for _, pixels in good]), [name for name, _ in good],
-                options.threshold, options.top))
+            with self.model_turn:
+                answers = iter(self.predictor.predict_images(
+                    np.stack([pixels for _, pixels in good]), [name for name, _ in good],
+                    options.threshold, options.top))
         rows, problems = [], []
         for name, data, pixels, error in decoded:
             if error is not None:
@@ -221,7 +227,8 @@ class PhotoService:
         info = self.predictor.info
         display = photo_from_bytes(data, max(DISPLAY_SIZE, info.image_size),
                                    info.resize_policy)[0]
-        heat, _, _ = occlusion_map(self.predictor.probabilities, pixels, target)
+        with self.model_turn:
+            heat, _, _ = occlusion_map(self.predictor.probabilities, pixels, target)
         png = overlay_png(display, heat)
         return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -424,6 +431,10 @@ class Api:
                 await drain(request, self.limits.body_timeout)
             return JSONResponse({"error": error.message, **error.extra}, error.status,
                                 headers=error.headers)
+        except Exception as error:  # a bug or a broken model: one line in the log, JSON out
+            message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            logging.getLogger("uvicorn.error").error("POST /predict failed: %s", message)
+            return JSONResponse({"error": f"internal error: {message}"}, 500)
         return JSONResponse(content, status)
 
     async def admit_and_answer(self, request: Any) -> tuple[int, Any]:

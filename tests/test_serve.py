@@ -286,6 +286,10 @@ def test_requests_without_a_photo_get_400_or_415(server):
                                                "named 'file'"})
     status, _, _ = request(server.url + "predict")  # GET
     assert status == 405
+    body, content_type = multipart([(f"{n}.jpg", b"x") for n in range(65)])
+    status, _, answer = request(server.url + "predict", body, content_type)
+    assert status == 400
+    assert answer["error"].startswith("bad multipart body: Too many files")
 
 
 def test_200_requests_from_8_clients_are_all_answered(server):
@@ -329,11 +333,12 @@ def refuses_connections(address: tuple[str, int]) -> bool:
     return False
 
 
-def test_sigterm_finishes_the_request_in_progress_then_exits_0(trained_model):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_finishes_the_request_in_progress_then_exits_0(trained_model, stop):
     with serving(trained_model) as running:
         held = PartialUpload(running, photo_bytes("dog", 16))
         wait_for(lambda: in_flight(running) == 1, "the held request to be admitted")
-        running.process.send_signal(signal.SIGTERM)
+        running.process.send_signal(stop)
         wait_for(lambda: refuses_connections(running.address), "the server to stop listening")
         status, rows = held.finish()
         assert status == 200 and rows[0]["label"] == "dogs"
@@ -437,3 +442,19 @@ def test_listening_socket_is_tcp_so_answers_are_not_delayed_by_nagle():
             accepted, _ = sock.accept()
             with accepted:
                 assert accepted.proto == socket.IPPROTO_TCP
+
+
+def test_keras_engine_serves_the_same_answers(trained_model, tmp_path):
+    data = photo_bytes("dog", 18)
+    (tmp_path / "rex.jpg").write_bytes(data)
+    expected = next(Predictor(trained_model).predict_paths([tmp_path / "rex.jpg"]))
+    with serving(trained_model, "--engine", "keras", "--workers", "2") as keras_server:
+        assert request(keras_server.url + "health")[2]["engine"] == "keras"
+        with ThreadPoolExecutor(4) as clients:
+            answers = list(clients.map(
+                lambda _: post_photos(keras_server, [("rex.jpg", data)], "?heatmap=1"),
+                range(4)))
+    for status, _, rows in answers:
+        assert status == 200 and rows[0]["label"] == "dogs"
+        assert rows[0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4)
+        assert rows[0]["heatmap"].startswith("data:image/png;base64,")
