@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -458,3 +459,28 @@ def test_keras_engine_serves_the_same_answers(trained_model, tmp_path):
         assert status == 200 and rows[0]["label"] == "dogs"
         assert rows[0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4)
         assert rows[0]["heatmap"].startswith("data:image/png;base64,")
+
+
+def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(trained_model,
+                                                                    monkeypatch):
+    from catsdogs.serve import open_server
+
+    def broken(self, images):
+        raise RuntimeError("the model broke\nsecond line")
+
+    running = open_server(trained_model, port=0)
+    thread = threading.Thread(target=running.run)
+    thread.start()
+    try:
+        wait_for(lambda: running.server.started, "the server to start")
+        served = SimpleNamespace(url=running.url)  # all post_photos needs
+        monkeypatch.setattr(Predictor, "probabilities", broken)
+        status, _, answer = post_photos(served, [("cat.jpg", photo_bytes("cat", 19))])
+        assert (status, answer) == (500, {"error": "internal error: RuntimeError: the model "
+                                                   "broke"})
+        monkeypatch.undo()
+        status, _, rows = post_photos(served, [("cat.jpg", photo_bytes("cat", 19))])
+        assert status == 200 and rows[0]["label"] == "cats"
+    finally:
+        running.server.should_exit = True
+        thread.join()
