@@ -484,3 +484,15 @@ def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(trained_mode
     finally:
         running.server.should_exit = True
         thread.join()
+
+
+def test_missing_model_or_unknown_host_is_a_one_line_error(runner, trained_model, tmp_path):
+    result = runner.invoke(cli, ["serve", "--model", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output == (f"Error: no model folder at {tmp_path / 'nothing'}: run "
+                             "'catsdogs train' first\n")
+    result = runner.invoke(cli, ["serve", "--model", str(trained_model), "--host",
+                                 "nosuchhost.invalid"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.startswith("Error: cannot listen on nosuchhost.invalid: ")
+    assert result.output.count("\n") == 1
