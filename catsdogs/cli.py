@@ -609,3 +609,50 @@ def info(as_json: bool) -> None:
         if isinstance(value, list):
             value = ", ".join(value) if value else "none"
         click.echo(f"{key + ':':<23}{value if value is not None else 'not installed'}")
+
+
+@cli.command()
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. 0.0.0.0 opens the model to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on; 0 picks a free one (printed).")
+@click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
+              show_default=True, help=ENGINE_HELP)
+@click.option("--max-upload", type=click.FloatRange(0.001, 1024), default=20, show_default=True,
+              help="Largest request body in MB; a larger upload gets 413.")
+@click.option("--max-queue", type=click.IntRange(0, 100_000), default=16, show_default=True,
+              help="Requests that may wait for a worker; more get 503 with Retry-After.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Threads decoding and predicting photos.  [default: CPU count, at most 4]")
+def serve(model_dir: Path, host: str, port: int, engine: str, max_upload: float,
+          max_queue: int, workers: int | None) -> None:
+    """Serve the model: a page to try it on photos, and a JSON API.
+
+    GET / is a page where you pick or drop photos and see each one's class,
+    probability and heat map. POST /predict takes photos (form fields named
+    'file', or one image/* body) and answers the JSON of predict --json.
+    GET /health and GET /metrics (Prometheus) are for monitoring. Ctrl-C or
+    SIGTERM stops it after the requests in progress. See docs/serve.md.
+
+    \b
+    Example:
+        catsdogs serve --model model
+        curl -F file=@photo.jpg 'http://127.0.0.1:8000/predict?top=2'
+    """
+    from catsdogs.serve import DEFAULT_WORKERS, MEGABYTE, Limits, open_server
+
+    limits = Limits(max_upload=round(max_upload * MEGABYTE), max_queue=max_queue,
+                    workers=workers or DEFAULT_WORKERS)
+    server = open_server(model_dir, host, port, engine=engine, limits=limits)
+    if server.note:
+        click.echo(f"note: {server.note}", err=True)
+    if server.open_to_network:
+        click.echo(f"warning: listening on {host}: the model is open to the network",
+                   err=True)
+    click.echo(f"Serving {model_dir} ({server.engine}; {', '.join(server.classes)}) at "
+               f"{server.url} - press Ctrl-C to stop")
+    if not server.run():
+        click.echo("Stopped at once; requests in progress were dropped.", err=True)
+        raise SystemExit(130)
+    click.echo("Stopped.")
