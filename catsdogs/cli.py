@@ -393,7 +393,9 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
     """
     import sys
 
+    from catsdogs.backend import training_hint
     from catsdogs.config import TrainConfig
+    from catsdogs.export import skipped_note
     from catsdogs.model import summary_lines
     from catsdogs.train import train as train_model
 
@@ -412,6 +414,8 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
         for line in summary_lines(model):
             click.echo(line)
         click.echo(f"Training on {device_name}.")
+        if hint := training_hint(device_name):  # an NVIDIA driver, but no GPU in use
+            click.echo(hint, err=True)
 
     def on_batch(step: int, steps: int, logs: dict[str, float]) -> None:
         width = 30
@@ -461,6 +465,8 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
     )
     if result.worker_index == 0:
         click.echo(f"Saved model to {out} (model.keras, model.json, history.csv, curves.png)")
+        if note := skipped_note(out):  # e.g. no ONNX exporter on this backend
+            click.echo(note)
     else:  # (#7) multi-worker training: only the chief (worker 0) writes --out
         click.echo(f"Worker {result.worker_index} of {result.num_workers} done; the chief "
                    "(worker 0) saved the model, nothing was written here.")
