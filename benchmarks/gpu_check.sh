@@ -24,9 +24,10 @@
 #   benchmarks/gpu_check.sh --download-wheels            # wheels for Python 3.10 to 3.13
 #   PY_VERSIONS="3.12" benchmarks/gpu_check.sh --download-wheels   # just the GPU's Python
 # which runs `pip download --no-deps` for keras and the pure-Python packages it needs
-# (absl-py, namex, rich, markdown-it-py, mdurl, pygments, packaging, setuptools, wheel) and,
-# for each Python version, the compiled ones (h5py, optree, ml-dtypes) for manylinux x86_64.
-# JAX already brings ml-dtypes and NumPy; pip takes from .whl/ only what is missing.
+# (absl-py, namex, rich, markdown-it-py, mdurl, pygments, packaging, typing-extensions;
+# setuptools and wheel to build catsdogs) and,
+# for each Python version, the compiled ones (h5py, optree) for manylinux x86_64.
+# JAX brings ml-dtypes and NumPy; pip takes from .whl/ only what is missing.
 #
 # Other options go to gpu_check.py: --backends jax,torch  --budget SECONDS  --work DIR
 # --table FILE. --no-install skips step 1 (catsdogs and Keras already importable).
@@ -42,11 +43,11 @@ while [ $# -gt 0 ]; do
         --download-wheels)
             mkdir -p "$wheels"
             "$python" -m pip download --no-deps --dest "$wheels" keras absl-py namex rich \
-                markdown-it-py mdurl pygments packaging "setuptools>=77" wheel
+                markdown-it-py mdurl pygments packaging typing-extensions "setuptools>=77" wheel
             for version in ${PY_VERSIONS:-3.10 3.11 3.12 3.13}; do
                 "$python" -m pip download --no-deps --only-binary=:all: --dest "$wheels" \
                     --python-version "$version" --platform manylinux_2_17_x86_64 \
-                    --platform manylinux2014_x86_64 h5py optree ml-dtypes
+                    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 h5py optree
             done
             du -sh "$wheels"
             exit 0 ;;
