@@ -65,7 +65,10 @@ if [ "$install" = 1 ]; then
         venv=$("$python" -c 'import sys; print(sys.prefix)')   # already a virtual environment
     else
         venv="$work/venv"
-        [ -x "$venv/bin/python" ] || "$python" -m venv --system-site-packages "$venv"
+        # Without ensurepip (Debian's python3 without python3-venv) the machine's own pip,
+        # seen through --system-site-packages, does the installing.
+        [ -x "$venv/bin/python" ] || "$python" -m venv --system-site-packages "$venv" \
+            || "$python" -m venv --system-site-packages --without-pip --clear "$venv"
     fi
     python="$venv/bin/python"
     if ! "$python" -c 'import importlib.util as u, sys; sys.exit(not u.find_spec("keras"))'; then
