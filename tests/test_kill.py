@@ -16,8 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
-from catsdogs.bundle import load_keras_model, read_model_info
 from catsdogs.cli import cli
+from catsdogs.model_folder import load_keras_model, read_model_info
 from data_prep.prepare import prepare
 from data_prep.store import read_dataset
 from tests.conftest import TINY_MODEL, write_photos
