@@ -297,8 +297,9 @@ def save_training_state(trainer: Any, path: Path) -> None:
     Plain numpy rather than ``save_weights``: an HDF5 write that fails half-way (a full
     disk) leaves h5py's library state broken for the rest of the process.
     """
-    keras = import_keras()
-    save_arrays(path, [keras.ops.convert_to_numpy(v) for v in training_variables(trainer)])
+    # Variable.numpy(), not keras.ops.convert_to_numpy: the same copy without the latter's
+    # np.array(tensor) on TensorFlow, which NumPy 2 warns about for every variable.
+    save_arrays(path, [variable.numpy() for variable in training_variables(trainer)])
 
 
 def save_arrays(path: Path, arrays: Sequence[np.ndarray]) -> None:

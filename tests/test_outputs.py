@@ -286,3 +286,46 @@ def test_a_crash_between_the_weights_and_state_json_leaves_a_resumable_checkpoin
     result = train(prepared, out, ModelConfig(**TINY), config, resume=True)
     assert result.resumed_from == 1 and result.epochs_run == 3 and result.saved
     assert not partial.exists()
+
+
+# --- smaller things -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("missing", ["reduce_per_replica", "TensorFlowTrainer"])
+def test_the_multi_worker_patch_refuses_a_keras_without_the_functions_it_replaces(
+    missing, monkeypatch
+):
+    pytest.importorskip("tensorflow")
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    from catsdogs import distribute
+
+    monkeypatch.delattr(tf_trainer, missing)
+    with pytest.raises(ValueError) as error:
+        distribute.patch_keras_for_multi_worker()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("multi-worker training needs a fix to Keras' TensorFlow trainer")
+
+
+def test_curves_have_whole_number_epoch_ticks():
+    from catsdogs.plots import curves_figure, pyplot
+
+    rows = [{"epoch": e, "loss": 1 / e, "val_loss": 1.1 / e, "accuracy": 0.5, "val_accuracy":
+             0.6, "best": e == 2} for e in (1, 2, 3)]
+    figure = curves_figure(rows)
+    try:
+        for axes in figure.axes:
+            ticks = axes.xaxis.get_major_locator().tick_values(1, 3)
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    finally:
+        pyplot().close(figure)
+
+
+def test_long_file_names_are_shortened_with_an_ellipsis():
+    from catsdogs.plots import shortened
+
+    name = "0123456789abcdef0123456789abcdef.jpg"
+    short = shortened(name, 20)
+    assert len(short) == 20 and "…" in short
+    assert short.startswith("0123456789abc") and short.endswith("ef.jpg")
+    assert shortened("cat.1.jpg", 20) == "cat.1.jpg"
