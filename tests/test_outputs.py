@@ -329,3 +329,15 @@ def test_long_file_names_are_shortened_with_an_ellipsis():
     assert len(short) == 20 and "…" in short
     assert short.startswith("0123456789abc") and short.endswith("ef.jpg")
     assert shortened("cat.1.jpg", 20) == "cat.1.jpg"
+
+
+def test_the_prediction_path_imports_no_training_code():
+    code = ("import sys, catsdogs.predict, catsdogs.model_folder, catsdogs.export\n"
+            "print(' '.join(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    loaded = set(done.stdout.split())
+    training = {"catsdogs.train", "catsdogs.model", "catsdogs.data", "catsdogs.distribute",
+                "catsdogs.config", "keras", "tensorflow"}
+    assert "catsdogs.model_folder" in loaded
+    assert loaded & training == set()
