@@ -4,7 +4,6 @@ prints the result. Keras and TensorFlow are imported inside command bodies only,
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -15,21 +14,13 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.config import (
-    ACTIVATIONS,
-    BATCH_NORM_AUTO_BLOCKS,
-    DEVICES,
-    HEADS,
-    JIT_COMPILE,
-    LR_SCHEDULES,
-    MONITORS,
-    OPTIMIZERS,
-    PADDINGS,
-    PRECISIONS,
-)
+from catsdogs.options import configs_from, setting_options
+from catsdogs.recipe import ignored_settings, recipe_text
 
 DEFAULT_DATA = "prepared"
 DEFAULT_MODEL = "model"
+PREPARE_SIZE = 128
+SAMPLE_SIZE = 64  # the built-in sample's photos are at most 80 px
 
 
 def ensure_standard_streams() -> None:
@@ -101,16 +92,17 @@ def cli() -> None:
 
 
 def sample_folder() -> Path:
-    """The built-in sample photos shipped with catsdogs."""
-    return Path(str(resources.files("catsdogs") / "sample_data"))
+    """The built-in sample's training photos (its ``unseen`` photos are kept out of it)."""
+    return Path(str(resources.files("catsdogs") / "sample_data" / "train"))
 
 
 @cli.command()
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               show_default=True, help="Folder to write the prepared dataset to.")
-@click.option("--size", type=click.IntRange(8, 2048), default=128, show_default=True,
-              help="Side in pixels of the square images the photos are resized to.")
+@click.option("--size", type=click.IntRange(8, 2048), default=None,
+              help="Side in pixels of the square images the photos are resized to.  "
+                   f"[default: {PREPARE_SIZE}; {SAMPLE_SIZE} for the built-in sample]")
 @click.option("--resize", "policy", type=click.Choice(["stretch", "crop", "pad"]),
               default="stretch", show_default=True,
               help="stretch: squash to a square; crop: keep the centre square; "
@@ -126,14 +118,15 @@ def sample_folder() -> Path:
                    "one per 64 photos at most]")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar (it is only drawn on a terminal anyway).")
-def prepare(source: Path | None, out: Path, size: int, policy: str, test_fraction: float,
+def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_fraction: float,
             seed: int, force: bool, workers: int | None, quiet: bool) -> None:
     """Find, check and resize the photos in SOURCE into a training-ready dataset.
 
     SOURCE holds one sub-folder per class (cats/, dogs/; any names) or Kaggle-style
-    files named cat.1.jpg, dog.1.jpg. Without SOURCE, the built-in sample of 80
-    photos is used. The source folder is never written to. Files that are not usable
-    photos are listed with a reason in skipped.csv.
+    files named cat.1.jpg, dog.1.jpg. Without SOURCE, the built-in sample of 800
+    small photos is used, at 64 px (train it with --config demo). The source folder
+    is never written to. Files that are not usable photos are listed with a reason
+    in skipped.csv.
 
     \b
     Example:
@@ -145,7 +138,9 @@ def prepare(source: Path | None, out: Path, size: int, policy: str, test_fractio
 
     if source is None:
         source = sample_folder()
+        size = size or SAMPLE_SIZE
         click.echo(f"No SOURCE given: using the built-in sample ({source}).")
+    size = size or PREPARE_SIZE
     bar = ProgressLine() if not quiet and ProgressLine.wanted() else None
     try:
         result = prepare_dataset(source, out, size, policy, force=force,
@@ -224,86 +219,9 @@ class ProgressLine:
             click.echo("\r\x1b[K", nl=False, err=True)
 
 
-def model_options(function: Callable) -> Callable:
-    """The options that describe the network, shared by ``train`` and ``summary``.
-
-    The defaults are the default recipe's network; ``--blocks 1 --filters 10 --kernel-size 5
-    --dense 0`` (with the default valid padding and Flatten head, and batch normalization
-    off below 3 blocks) is the classic article's.
-    """
-    options = [
-        click.option("--blocks", type=click.IntRange(1, 10), default=5, show_default=True,
-                     help="Number of Conv2D + MaxPooling2D blocks."),
-        click.option("--filters", type=click.IntRange(1, 1024), default=16, show_default=True,
-                     help="Filters of the first Conv2D; each later block doubles them."),
-        click.option("--kernel-size", type=click.IntRange(1, 15), default=3, show_default=True,
-                     help="Side of the square convolution kernels."),
-        click.option("--pool-size", type=click.IntRange(1, 8), default=2, show_default=True,
-                     help="Side of the max-pooling windows."),
-        click.option("--padding", type=click.Choice(PADDINGS), default="valid",
-                     show_default=True, help="Convolution padding."),
-        click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu",
-                     show_default=True, help="Activation of the hidden layers."),
-        click.option("--batch-norm/--no-batch-norm", default=None,
-                     help="BatchNormalization after each Conv2D "
-                          f"[default: on for {BATCH_NORM_AUTO_BLOCKS} blocks or more]."),
-        click.option("--head", type=click.Choice(HEADS), default="flatten", show_default=True,
-                     help="flatten: Flatten the last feature map; gap: global average "
-                          "pooling (one value per filter)."),
-        click.option("--dense", default="0", show_default=True,
-                     help="Comma-separated units of hidden Dense layers; 0 for none."),
-        click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.3,
-                     show_default=True,
-                     help="Dropout rate before each Dense layer and the output; 0 for none."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def model_config_from(size: int, num_classes: int, options: dict[str, Any]):
-    from catsdogs.config import ModelConfig, parse_dense
-
-    return ModelConfig(
-        image_size=size,
-        num_classes=num_classes,
-        blocks=options["blocks"],
-        filters=options["filters"],
-        kernel_size=options["kernel_size"],
-        pool_size=options["pool_size"],
-        padding=options["padding"],
-        activation=options["activation"],
-        dense=parse_dense(options["dense"]),
-        dropout_rate=options["dropout"],
-        batch_norm=options["batch_norm"],
-        head=options["head"],
-    )
-
-
-def dense_option_check(function: Callable) -> Callable:
-    """Report a malformed --dense as a usage error (exit 2), like every other bad option."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from catsdogs.config import parse_dense
-
-        try:
-            parse_dense(kwargs["dense"])
-        except ValueError as error:
-            raise click.BadParameter(str(error), param_hint="'--dense'") from None
-        return function(*args, **kwargs)
-
-    return wrapper
-
-
 @cli.command()
-@model_options
-@click.option("--size", type=click.IntRange(8, 2048), default=128, show_default=True,
-              help="Side in pixels of the square input images.")
-@click.option("--classes", "num_classes", type=click.IntRange(2, 1000), default=2,
-              show_default=True, help="Number of classes.")
-@dense_option_check
-def summary(size: int, num_classes: int, **options: Any) -> None:
+@setting_options("summary")
+def summary(print_config: bool, **settings: Any) -> None:
     """Print the model's layer table and parameter counts, with no data and no training.
 
     \b
@@ -311,11 +229,15 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
         catsdogs summary                       # the default recipe's model
         catsdogs summary --size 300 --blocks 1 --filters 10 --kernel-size 5 \\
             --dense 0                          # the classic article's model: 219,801
+        catsdogs summary --config article   # the same, from a recipe file
     """
     from catsdogs.model import build_model, summary_lines
 
-    model = build_model(model_config_from(size, num_classes, options))
-    for line in summary_lines(model):
+    model_config, train_config, _ = configs_from(settings)
+    if print_config:
+        click.echo(recipe_text("summary", model_config, train_config), nl=False)
+        return
+    for line in summary_lines(build_model(model_config)):
         click.echo(line)
 
 
@@ -324,64 +246,23 @@ def summary(size: int, num_classes: int, **options: Any) -> None:
               show_default=True, help="Prepared dataset folder (from 'catsdogs prepare').")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=DEFAULT_MODEL,
               show_default=True, help="Folder to save the trained model to.")
-@model_options
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Random flips, rotations, zooms, shifts and contrast while training "
-                   "(never at prediction).")
-@click.option("--epochs", type=click.IntRange(1, 10_000), default=80, show_default=True,
-              help="Passes over the training photos.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
-              help="Photos per training step (per GPU, or per worker, when training is "
-                   "distributed).")
-@click.option("--validation-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.2, show_default=True,
-              help="Share of photos held out (stratified, seeded) to validate on.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw",
-              show_default=True, help="Optimizer.")
-@click.option("--learning-rate", type=click.FloatRange(0, min_open=True), default=3e-3,
-              show_default=True, help="Peak learning rate.")
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine",
-              show_default=True,
-              help="constant; cosine (warm-up, then decay to 1%); step (÷10 at 1/2 and 3/4 "
-                   "of the epochs); plateau (÷5 after 3 epochs without improvement).")
-@click.option("--warmup-epochs", type=click.IntRange(0, 1000), default=2, show_default=True,
-              help="Epochs of linear warm-up for the cosine schedule.")
-@click.option("--weight-decay", type=click.FloatRange(0), default=1e-4, show_default=True,
-              help="Decoupled weight decay; 0 for none.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1,
-              show_default=True, help="Label smoothing of the cross-entropy loss.")
-@click.option("--monitor", type=click.Choice(MONITORS), default="val_loss",
-              show_default=True, help="Validation metric that picks the best epoch.")
-@click.option("--patience", type=click.IntRange(0, 10_000), default=0, show_default=True,
-              help="Stop after this many epochs without a better --monitor; 0 never stops.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="auto: a GPU when there is one; cpu: the CPU even then.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto",
-              show_default=True, help="auto: mixed float16 on a GPU, float32 on the CPU.")
-@click.option("--jit-compile", type=click.Choice(JIT_COMPILE), default="auto",
-              show_default=True,
-              help="XLA compilation of the training step; auto: Keras decides (off on a "
-                   "CPU with TensorFlow).")
-@click.option("--seed", type=int, default=1337, show_default=True,
-              help="Seed for the split, the shuffling, augmentation and the initial weights.")
+@setting_options("train")
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run of --out from its last checkpoint, with its "
                    "options (other model and training options are ignored).")
 @click.option("--force", is_flag=True,
               help="Replace a model already saved in --out (and discard an interrupted run).")
-@dense_option_check
-def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
-          validation_split: float, optimizer: str, learning_rate: float, lr_schedule: str,
-          warmup_epochs: int, weight_decay: float, label_smoothing: float, monitor: str,
-          patience: int, device: str, precision: str, jit_compile: str, seed: int,
-          resume: bool, force: bool, **options: Any) -> None:
+@click.pass_context
+def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
+          print_config: bool, **settings: Any) -> None:
     """Build the model, print its parameter summary, and train it on a prepared dataset.
 
     With no options this is the default recipe: 5 blocks with batch normalization,
     augmentation, AdamW with a cosine schedule and label smoothing, 80 epochs. The
     weights of the best epoch by --monitor are saved to --out as model.keras, with
     model.json, history.csv and curves.png. Ctrl-C stops after saving the best epoch so
-    far; --resume continues from the last finished epoch.
+    far; --resume continues from the last finished epoch. --config FILE reads the
+    settings from a TOML recipe; --print-config prints one.
 
     \b
     Example:
@@ -389,42 +270,61 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
         catsdogs train --epochs 60 --patience 10
         catsdogs train --blocks 1 --filters 10 --kernel-size 5 --dense 0 \\
             --no-augment --dropout 0                     # the classic article's model
+        catsdogs train --config article --epochs 30
+        catsdogs train --epochs 60 --print-config > recipe.toml
         catsdogs train --resume                          # after Ctrl-C
     """
-    import sys
-
-    from catsdogs.config import TrainConfig
-    from catsdogs.model import summary_lines
     from catsdogs.train import train as train_model
 
-    model_config = model_config_from(128, 2, options)
-    train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, validation_split=validation_split,
-        learning_rate=learning_rate, optimizer=optimizer, weight_decay=weight_decay,
-        lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing, augment=augment, monitor=monitor, patience=patience,
-        device=device, precision=precision, jit_compile=jit_compile, seed=seed,
-    )
-    terminal = sys.stdout.isatty()
-    total_epochs = [epochs]
+    model_config, train_config, _ = configs_from(settings)
+    if print_config:
+        click.echo(recipe_text("train", model_config, train_config), nl=False)
+        return
+    for key, value, path in ignored_settings(ctx):
+        click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
+                   "prepared dataset", err=True)
+    progress = TrainProgress(train_config.epochs)
+    if resume:
+        progress.total_epochs = resume_banner(out)
+    result = train_model(data, out, model_config, train_config, force=force, resume=resume,
+                         on_start=progress.on_start, on_epoch=progress.on_epoch,
+                         on_batch=progress.on_batch if progress.terminal else None)
+    progress.clear()
+    report_training(result, data, out, train_config.patience)
 
-    def on_start(model: Any, device_name: str) -> None:
+
+class TrainProgress:
+    """What ``train`` prints while it runs: the summary, a bar per epoch, a line per epoch.
+
+    The bar is drawn only on a terminal; piped or redirected, one line per epoch.
+    """
+
+    def __init__(self, total_epochs: int) -> None:
+        import sys
+
+        self.total_epochs = total_epochs
+        self.terminal = sys.stdout.isatty()
+
+    def on_start(self, model: Any, device_name: str) -> None:
+        from catsdogs.model import summary_lines
+
         for line in summary_lines(model):
             click.echo(line)
         click.echo(f"Training on {device_name}.")
 
-    def on_batch(step: int, steps: int, logs: dict[str, float]) -> None:
+    def on_batch(self, step: int, steps: int, logs: dict[str, float]) -> None:
         width = 30
         done = int(width * step / steps) if steps else width
         click.echo(f"\r  [{'=' * done}{'.' * (width - done)}] {step}/{steps}"
                    f"  loss {logs.get('loss', float('nan')):.4f}"
                    f"  accuracy {logs.get('accuracy', float('nan')):.4f}", nl=False)
 
-    def on_epoch(row: dict[str, Any]) -> None:
-        if terminal:
-            click.echo("\r\033[K", nl=False)  # clear the progress bar
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        import sys
+
+        self.clear()
         click.echo(
-            f"epoch {row['epoch']:>3}/{total_epochs[0]}"
+            f"epoch {row['epoch']:>3}/{self.total_epochs}"
             f"  loss {row.get('loss', float('nan')):.4f}"
             f"  accuracy {row.get('accuracy', float('nan')):.4f}"
             f"  val_loss {row.get('val_loss', float('nan')):.4f}"
@@ -433,18 +333,24 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
         )
         sys.stdout.flush()  # one line per epoch, as it happens, also into a pipe or a file
 
-    if resume:
-        from catsdogs.train import checkpoint_folder, read_checkpoint
+    def clear(self) -> None:
+        """Rub out the progress bar (on a terminal)."""
+        if self.terminal:
+            click.echo("\r\033[K", nl=False)
 
-        state = read_checkpoint(checkpoint_folder(out))
-        total_epochs[0] = int(state["training"]["epochs"])
-        click.echo(f"Resuming the interrupted run after epoch {state['epochs_done']} "
-                   f"(its options are used).")
-    result = train_model(data, out, model_config, train_config, force=force, resume=resume,
-                         on_start=on_start, on_epoch=on_epoch,
-                         on_batch=on_batch if terminal else None)
-    if terminal:
-        click.echo("\r\033[K", nl=False)
+
+def resume_banner(out: Path) -> int:
+    """Say which run ``--resume`` continues; return its number of epochs."""
+    from catsdogs.train import checkpoint_folder, read_checkpoint
+
+    state = read_checkpoint(checkpoint_folder(out))
+    click.echo(f"Resuming the interrupted run after epoch {state['epochs_done']} "
+               f"(its options are used).")
+    return int(state["training"]["epochs"])
+
+
+def report_training(result: Any, data: Path, out: Path, patience: int) -> None:
+    """The end of ``train``: the best epoch, where the model is, exit 130 if interrupted."""
     best = result.best
     if result.interrupted:
         click.echo(f"Interrupted after {result.epochs_run} finished epoch(s).", err=True)
@@ -461,7 +367,7 @@ def train(data: Path, out: Path, augment: bool, epochs: int, batch_size: int,
     )
     if result.worker_index == 0:
         click.echo(f"Saved model to {out} (model.keras, model.json, history.csv, curves.png)")
-    else:  # (#7) multi-worker training: only the chief (worker 0) writes --out
+    else:  # multi-worker training: only the chief (worker 0) writes --out
         click.echo(f"Worker {result.worker_index} of {result.num_workers} done; the chief "
                    "(worker 0) saved the model, nothing was written here.")
     if result.interrupted:
@@ -524,42 +430,60 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
         raise click.BadParameter(f"the model has {len(classes)} classes; --threshold needs "
                                  "two (use --top)", param_hint="'--threshold'")
     top = min(top, len(classes)) if top else 0
+    output = PredictionOutput(classes, "csv" if as_csv else "json" if as_json else "lines", top)
     failed = 0
-    count = 0
-    writer = None
-    if as_csv:
-        import csv
-        import sys
-
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", "probability", *classes, "error"])
-    elif as_json:
-        click.echo("[", nl=False)
     for prediction in predictor.predict_paths(paths, batch_size=batch_size,
                                               threshold=threshold, top=top):
-        shown = printable(prediction.path)  # a name that is not UTF-8 gets \xNN escapes
         if prediction.error is not None:
             failed += 1
-            click.echo(f"error: {shown}: {prediction.error}", err=True)
-        if writer is not None:
-            if prediction.error is not None:
-                writer.writerow([shown, "", "", *[""] * len(classes), prediction.error])
-            else:
-                writer.writerow([shown, prediction.label, prediction.probability,
-                                 *[prediction.probabilities[name] for name in classes], ""])
-        elif as_json:
-            text = json.dumps(prediction.to_dict(), indent=2).replace("\n", "\n  ")
-            click.echo(("\n  " if count == 0 else ",\n  ") + text, nl=False)
-        elif prediction.error is None:
-            line = f"{shown}: {prediction.label} ({prediction.probability:.1%})"
-            if top:
-                line += "  top: " + ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
-            click.echo(line)
-        count += 1
-    if as_json:
-        click.echo("\n]" if count else "]")
+            click.echo(f"error: {printable(prediction.path)}: {prediction.error}", err=True)
+        output.write(prediction)
+    output.close()
     if failed:
         raise SystemExit(1)
+
+
+class PredictionOutput:
+    """Prints predictions as they come: lines, one JSON array, or CSV (``style``)."""
+
+    def __init__(self, classes: list[str], style: str, top: int) -> None:
+        self.classes, self.style, self.top = classes, style, top
+        self.count = 0
+        self.writer: Any = None
+        if style == "csv":
+            import csv
+            import sys
+
+            self.writer = csv.writer(sys.stdout, lineterminator="\n")
+            self.writer.writerow(["path", "label", "probability", *classes, "error"])
+        elif style == "json":
+            click.echo("[", nl=False)
+
+    def write(self, prediction: Any) -> None:
+        from data_prep.discover import printable
+
+        shown = printable(prediction.path)  # a name that is not UTF-8 gets \xNN escapes
+        if self.style == "csv":
+            if prediction.error is not None:
+                self.writer.writerow([shown, "", "", *[""] * len(self.classes),
+                                      prediction.error])
+            else:
+                self.writer.writerow([shown, prediction.label, prediction.probability,
+                                      *[prediction.probabilities[name] for name in self.classes],
+                                      ""])
+        elif self.style == "json":
+            text = json.dumps(prediction.to_dict(), indent=2).replace("\n", "\n  ")
+            click.echo(("\n  " if self.count == 0 else ",\n  ") + text, nl=False)
+        elif prediction.error is None:
+            line = f"{shown}: {prediction.label} ({prediction.probability:.1%})"
+            if self.top:
+                line += "  top: " + ", ".join(f"{name} {p:.1%}" for name, p in prediction.top)
+            click.echo(line)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.style == "json":
+            click.echo("\n]" if self.count else "]")
 
 
 def percent(value: float | None) -> str:
@@ -679,3 +603,50 @@ def info(as_json: bool) -> None:
         if isinstance(value, list):
             value = ", ".join(value) if value else "none"
         click.echo(f"{key + ':':<23}{value if value is not None else 'not installed'}")
+
+
+@cli.command()
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. 0.0.0.0 opens the model to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on; 0 picks a free one (printed).")
+@click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
+              show_default=True, help=ENGINE_HELP)
+@click.option("--max-upload", type=click.FloatRange(0.001, 1024), default=20, show_default=True,
+              help="Largest request body in MB; a larger upload gets 413.")
+@click.option("--max-queue", type=click.IntRange(0, 100_000), default=16, show_default=True,
+              help="Requests that may wait for a worker; more get 503 with Retry-After.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Threads decoding and predicting photos.  [default: CPU count, at most 4]")
+def serve(model_dir: Path, host: str, port: int, engine: str, max_upload: float,
+          max_queue: int, workers: int | None) -> None:
+    """Serve the model: a page to try it on photos, and a JSON API.
+
+    GET / is a page where you pick or drop photos and see each one's class,
+    probability and heat map. POST /predict takes photos (form fields named
+    'file', or one image/* body) and answers the JSON of predict --json.
+    GET /health and GET /metrics (Prometheus) are for monitoring. Ctrl-C or
+    SIGTERM stops it after the requests in progress. See docs/serve.md.
+
+    \b
+    Example:
+        catsdogs serve --model model
+        curl -F file=@photo.jpg 'http://127.0.0.1:8000/predict?top=2'
+    """
+    from catsdogs.serve import DEFAULT_WORKERS, MEGABYTE, Limits, open_server
+
+    limits = Limits(max_upload=round(max_upload * MEGABYTE), max_queue=max_queue,
+                    workers=workers or DEFAULT_WORKERS)
+    server = open_server(model_dir, host, port, engine=engine, limits=limits)
+    if server.note:
+        click.echo(f"note: {server.note}", err=True)
+    if server.open_to_network:
+        click.echo(f"warning: listening on {host}: the model is open to the network",
+                   err=True)
+    click.echo(f"Serving {model_dir} ({server.engine}; {', '.join(server.classes)}) at "
+               f"{server.url} - press Ctrl-C to stop")
+    if not server.run():
+        click.echo("Stopped at once; requests in progress were dropped.", err=True)
+        raise SystemExit(130)
+    click.echo("Stopped.")

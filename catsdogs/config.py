@@ -1,7 +1,16 @@
-"""Configuration as small dataclasses, written into ``model.json``: a model says how it was made."""
+"""The settings of a model and of its training, as two dataclasses written into ``model.json``.
+
+Each field is the one source for its setting: its default, and in its metadata (see
+:func:`setting`) the option name, help text, bounds and choices. The ``train`` and ``summary``
+command-line options, the recipe files they read (``--config``), the validation below and the
+option reference (``docs/options.md``) are all made from these fields, so a new setting is
+one new field here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -18,6 +27,121 @@ JIT_COMPILE = ("auto", "on", "off")
 # while one- and two-block models (the classic article's) stay plain.
 BATCH_NORM_AUTO_BLOCKS = 3
 
+TRAIN_AND_SUMMARY = ("train", "summary")
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    option: str | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+    default_text: str | None = None,
+    zero_means_none: bool = False,
+    commands: tuple[str, ...] = TRAIN_AND_SUMMARY,
+) -> Any:
+    """A dataclass field that describes a command-line setting.
+
+    ``option`` is the option name without dashes (default: the field name with dashes),
+    which is also the key in a recipe file. ``min``/``max`` bound a number (each element of a
+    tuple), exclusive where ``min_open``/``max_open``; ``choices`` lists the allowed strings.
+    ``default_text`` is shown instead of the default in help; ``zero_means_none`` lets a
+    tuple be given as ``0`` for "none". ``commands`` are those that take the option.
+    """
+    metadata = {
+        "help": help, "option": option, "min": min, "max": max, "min_open": min_open,
+        "max_open": max_open, "choices": choices, "default_text": default_text,
+        "zero_means_none": zero_means_none, "commands": commands,
+    }
+    if isinstance(default, (list, tuple)):
+        return dataclasses.field(default=tuple(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of a config dataclass, as the command line and recipe files see it."""
+
+    field: str
+    option: str
+    # "int", "float", "str", "bool", "bool|None" (None: auto), "tuple[int]" (a list of
+    # whole numbers) or "int|tuple[int]" (one number, or one per block: ``6,16``)
+    kind: str
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+    min_open: bool
+    max_open: bool
+    choices: tuple[str, ...] | None
+    default_text: str | None
+    zero_means_none: bool
+    commands: tuple[str, ...]
+    group: str  # "model" or "training"
+
+    def check(self, value: Any) -> None:
+        """Raise ValueError when ``value`` is outside the bounds or choices."""
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.option} must be one of {', '.join(self.choices)}, "
+                             f"got {value!r}")
+        numbers = value if isinstance(value, tuple) else (value,)
+        if self.kind not in ("int", "float", "tuple[int]", "int|tuple[int]"):
+            return
+        for number in numbers:
+            if self.min is not None and (number <= self.min if self.min_open
+                                         else number < self.min):
+                word = "above" if self.min_open else "at least"
+                raise ValueError(f"{self.option} must be {word} {self.min:g}, got {value}")
+            if self.max is not None and (number >= self.max if self.max_open
+                                         else number > self.max):
+                word = "below" if self.max_open else "at most"
+                raise ValueError(f"{self.option} must be {word} {self.max:g}, got {value}")
+
+
+KINDS = {"int": "int", "float": "float", "str": "str", "bool": "bool",
+         "bool | None": "bool|None", "tuple[int, ...]": "tuple[int]",
+         "int | tuple[int, ...]": "int|tuple[int]"}
+LIST_KINDS = ("tuple[int]", "int|tuple[int]")
+
+
+@functools.cache
+def settings_of(cls: type) -> tuple[Setting, ...]:
+    """The settings of a config dataclass, in field order."""
+    group = {"ModelConfig": "model", "TrainConfig": "training"}.get(cls.__name__, "other")
+    found = []
+    for item in fields(cls):
+        meta = item.metadata
+        found.append(Setting(
+            field=item.name, option=meta["option"] or item.name.replace("_", "-"),
+            kind=KINDS[str(item.type)], default=item.default, help=meta["help"],
+            min=meta["min"], max=meta["max"], min_open=meta["min_open"],
+            max_open=meta["max_open"], choices=meta["choices"],
+            default_text=meta["default_text"], zero_means_none=meta["zero_means_none"],
+            commands=meta["commands"], group=group,
+        ))
+    return tuple(found)
+
+
+def all_settings() -> tuple[Setting, ...]:
+    """Every setting of the model and of the training, model first."""
+    return settings_of(ModelConfig) + settings_of(TrainConfig)
+
+
+def check_settings(config: Any) -> None:
+    """Check every field of a config dataclass against the bounds and choices of its setting.
+
+    Lists (from ``model.json``) become tuples first.
+    """
+    for item in settings_of(type(config)):
+        value = getattr(config, item.field)
+        if item.kind in LIST_KINDS and isinstance(value, (list, tuple)):
+            setattr(config, item.field, tuple(int(unit) for unit in value))
+        item.check(getattr(config, item.field))
+
 
 @dataclass
 class ModelConfig:
@@ -29,21 +153,32 @@ class ModelConfig:
     ``batch_norm=None`` means "auto": on for ``BATCH_NORM_AUTO_BLOCKS`` blocks or more.
     """
 
-    image_size: int = 128
-    num_classes: int = 2
-    blocks: int = 5
-    filters: int = 16
-    kernel_size: int = 3
-    pool_size: int = 2
-    padding: str = "valid"
-    activation: str = "relu"
-    dense: tuple[int, ...] = ()
-    dropout_rate: float = 0.3
-    batch_norm: bool | None = None
-    head: str = "flatten"
+    image_size: int = setting(
+        128, "Side in pixels of the square input images.", option="size", min=8, max=2048,
+        commands=("summary",))
+    num_classes: int = setting(
+        2, "Number of classes.", option="classes", min=2, commands=("summary",))
+    blocks: int = setting(5, "Number of Conv2D + MaxPooling2D blocks.", min=1, max=10)
+    filters: int = setting(
+        16, "Filters of the first Conv2D; each later block doubles them.", min=1, max=1024)
+    kernel_size: int = setting(3, "Side of the square convolution kernels.", min=1, max=15)
+    pool_size: int = setting(2, "Side of the max-pooling windows.", min=1, max=8)
+    padding: str = setting("valid", "Convolution padding.", choices=PADDINGS)
+    activation: str = setting("relu", "Activation of the hidden layers.", choices=ACTIVATIONS)
+    dense: tuple[int, ...] = setting(
+        (), "Comma-separated units of hidden Dense layers; 0 for none.", min=1,
+        zero_means_none=True)
+    dropout_rate: float = setting(
+        0.3, "Dropout rate before each Dense layer and the output; 0 for none.",
+        option="dropout", min=0, max=1, max_open=True)
+    batch_norm: bool | None = setting(
+        None, "BatchNormalization after each Conv2D.",
+        default_text=f"on for {BATCH_NORM_AUTO_BLOCKS} blocks or more")
+    head: str = setting(
+        "flatten", "flatten: Flatten the last feature map; gap: global average pooling (one "
+        "value per filter).", choices=HEADS)
 
     def __post_init__(self) -> None:
-        self.dense = tuple(int(units) for units in self.dense)
         self.validate()
 
     @property
@@ -54,28 +189,7 @@ class ModelConfig:
         return bool(self.batch_norm)
 
     def validate(self) -> None:
-        positive = {
-            "image_size": self.image_size,
-            "blocks": self.blocks,
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "pool_size": self.pool_size,
-        }
-        for name, value in positive.items():
-            if int(value) < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.num_classes < 2:
-            raise ValueError(f"need at least two classes, got {self.num_classes}")
-        if self.padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if any(units < 1 for units in self.dense):
-            raise ValueError(f"dense layer sizes must be positive, got {self.dense}")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout_rate}")
+        check_settings(self)
         side = self.image_size
         for block in range(self.blocks):
             if self.padding == "valid":
@@ -88,9 +202,8 @@ class ModelConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["dense"] = list(self.dense)
-        return data
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -106,56 +219,49 @@ class TrainConfig:
     at 128 px).
     """
 
-    epochs: int = 80
-    batch_size: int = 32
-    validation_split: float = 0.2
-    learning_rate: float = 3e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 1e-4
-    lr_schedule: str = "cosine"
-    warmup_epochs: int = 2
-    label_smoothing: float = 0.1
-    augment: bool = True
-    monitor: str = "val_loss"
-    patience: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    jit_compile: str = "auto"
-    seed: int = 1337
+    epochs: int = setting(80, "Passes over the training photos.", min=1, max=10_000,
+                          commands=("train",))
+    batch_size: int = setting(
+        32, "Photos per training step (per GPU, or per worker, when training is distributed).",
+        min=1, max=4096, commands=("train",))
+    validation_split: float = setting(
+        0.2, "Share of photos held out (stratified, seeded) to validate on.", min=0, max=1,
+        min_open=True, max_open=True, commands=("train",))
+    learning_rate: float = setting(3e-3, "Peak learning rate.", min=0, min_open=True,
+                                   commands=("train",))
+    optimizer: str = setting("adamw", "Optimizer.", choices=OPTIMIZERS, commands=("train",))
+    weight_decay: float = setting(1e-4, "Decoupled weight decay; 0 for none.", min=0,
+                                  commands=("train",))
+    lr_schedule: str = setting(
+        "cosine", "constant; cosine (warm-up, then decay to 1%); step (÷10 at 1/2 and 3/4 of "
+        "the epochs); plateau (÷5 after 3 epochs without improvement).", choices=LR_SCHEDULES,
+        commands=("train",))
+    warmup_epochs: int = setting(2, "Epochs of linear warm-up for the cosine schedule.", min=0,
+                                 max=1000, commands=("train",))
+    label_smoothing: float = setting(
+        0.1, "Label smoothing of the cross-entropy loss.", min=0, max=1, max_open=True,
+        commands=("train",))
+    augment: bool = setting(
+        True, "Random flips, rotations, zooms, shifts and contrast while training (never at "
+        "prediction).", commands=("train",))
+    monitor: str = setting("val_loss", "Validation metric that picks the best epoch.",
+                           choices=MONITORS, commands=("train",))
+    patience: int = setting(
+        0, "Stop after this many epochs without a better --monitor; 0 never stops.", min=0,
+        max=10_000, commands=("train",))
+    device: str = setting("auto", "auto: a GPU when there is one; cpu: the CPU even then.",
+                          choices=DEVICES, commands=("train",))
+    precision: str = setting("auto", "auto: mixed float16 on a GPU, float32 on the CPU.",
+                             choices=PRECISIONS, commands=("train",))
+    jit_compile: str = setting(
+        "auto", "XLA compilation of the training step; auto: Keras decides (off on a CPU "
+        "with TensorFlow).", choices=JIT_COMPILE, commands=("train",))
+    seed: int = setting(
+        1337, "Seed for the split, the shuffling, augmentation and the initial weights.",
+        commands=("train",))
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        if not 0.0 < self.validation_split < 1.0:
-            raise ValueError(
-                f"validation split must be between 0 and 1, got {self.validation_split}"
-            )
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be 0 or more, got {self.weight_decay}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"lr schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
-            )
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup epochs must be 0 or more, got {self.warmup_epochs}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.monitor not in MONITORS:
-            raise ValueError(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be 0 (off) or more, got {self.patience}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.jit_compile not in JIT_COMPILE:
-            raise ValueError(f"jit_compile must be one of {JIT_COMPILE}, got {self.jit_compile!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,15 +272,25 @@ class TrainConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
-def parse_dense(text: str) -> tuple[int, ...]:
-    """``"256,64"`` → ``(256, 64)``; ``"0"`` or ``""`` → no hidden layer."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
+def parse_int_list(text: str, option: str = "dense", zero_means_none: bool = True
+                   ) -> tuple[int, ...]:
+    """``"256,64"`` → ``(256, 64)``; ``"0"`` or ``""`` → ``()`` when ``zero_means_none``."""
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
     try:
         units = tuple(int(part) for part in parts)
     except ValueError:
-        raise ValueError(f"--dense takes comma-separated whole numbers, got {text!r}") from None
-    if units == (0,) or not units:
+        raise ValueError(f"--{option} takes comma-separated whole numbers, got {text!r}"
+                         ) from None
+    if zero_means_none and units in ((0,), ()):
         return ()
+    if not units:
+        raise ValueError(f"--{option} takes at least one whole number, got {text!r}")
+    return units
+
+
+def parse_dense(text: str) -> tuple[int, ...]:
+    """``"256,64"`` → ``(256, 64)``; ``"0"`` or ``""`` → no hidden layer."""
+    units = parse_int_list(text)
     if any(u < 1 for u in units):
         raise ValueError(f"--dense sizes must be positive (or a single 0), got {text!r}")
     return units

@@ -215,11 +215,12 @@ class Predictor:
         return Prediction(str(path), error=problem), None
 
     def predict_images(
-        self, images: np.ndarray, names: list[str], threshold: float | None = None
+        self, images: np.ndarray, names: list[str], threshold: float | None = None,
+        top: int = 0,
     ) -> list[Prediction]:
         """Predictions for already decoded images (a batch of a prepared dataset)."""
         return list(self._flush(list(zip(
-            (Prediction(name) for name in names), images, strict=True)), threshold, 0))
+            (Prediction(name) for name in names), images, strict=True)), threshold, top))
 
     def _flush(
         self,

@@ -13,8 +13,11 @@ What happens to a file, in order:
    file with a grey bottom and only a warning); a JPEG at least 2×, 4× or 8× the target size
    is decoded at that reduced scale by libjpeg (``IMREAD_REDUCED_*``, several times faster)
    and then resized exactly; its EXIF orientation is applied;
-4. other formats are decoded as stored: grey becomes RGB, 16-bit becomes 8-bit, and an alpha
-   channel is composited over **white** (how a viewer shows a transparent picture);
+4. other formats are decoded with all their channels and bits: grey becomes RGB, 16-bit
+   becomes 8-bit, and an alpha channel is composited over **white** (how a viewer shows a
+   transparent picture); their EXIF orientation is applied too (a PNG's ``eXIf`` chunk, a
+   WebP's ``EXIF`` chunk, a TIFF's Orientation tag), so every format is turned upright as a
+   JPEG is;
 5. the RGB image is resized to N×N following the resize policy: ``INTER_AREA`` when
    shrinking 2× or more, ``INTER_LINEAR`` when shrinking less, ``INTER_CUBIC`` when enlarging.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # OpenCV's own guard against decompression bombs (default 2^30 pixels) is set to ours, as a
@@ -224,6 +228,75 @@ def read_header(data: bytes) -> Header:
     return Header(kind, width, height)
 
 
+def _tiff_orientation(tiff: bytes) -> int:
+    """The Orientation (tag 274) of a TIFF-structured EXIF block: 1 (as stored) when it has
+    none or cannot be read. Some writers keep JPEG's ``Exif\\0\\0`` prefix: it is skipped."""
+    if tiff[:6] == b"Exif\x00\x00":
+        tiff = tiff[6:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None:
+        return 1
+    try:
+        (offset,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, offset)
+        for n in range(count):
+            tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, offset + 2 + 12 * n)
+            if tag == 274 and kind == 3:  # SHORT
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
+
+
+def _chunks(data: bytes, start: int, big_endian: bool) -> Iterator[tuple[bytes, bytes]]:
+    """(type, body) of each chunk from ``start``: PNG's (big-endian length, type, body, CRC)
+    or RIFF's (type, little-endian length, body padded to an even length)."""
+    i = start
+    while i + 8 <= len(data):
+        if big_endian:
+            (length,) = struct.unpack_from(">I", data, i)
+            kind, body_at, next_at = data[i + 4 : i + 8], i + 8, i + 12 + length
+        else:
+            (length,) = struct.unpack_from("<I", data, i + 4)
+            kind, body_at, next_at = data[i : i + 4], i + 8, i + 8 + length + (length & 1)
+        yield kind, data[body_at : body_at + length]
+        i = next_at
+
+
+def exif_orientation(data: bytes, kind: str) -> int:
+    """The EXIF orientation (1 to 8) a PNG or WebP file asks for; 1 for other formats: OpenCV
+    applies a JPEG's itself (decoded in colour) and a TIFF's in its TIFF decoder, even with
+    ``IMREAD_UNCHANGED``; BMP and GIF have none."""
+    if kind == "png":
+        for chunk, body in _chunks(data, 8, big_endian=True):
+            if chunk == b"eXIf":
+                return _tiff_orientation(body)
+            if chunk == b"IEND":
+                break
+    elif kind == "webp":
+        for chunk, body in _chunks(data, 12, big_endian=False):
+            if chunk == b"EXIF":
+                return _tiff_orientation(body)
+    return 1
+
+
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],  # mirrored left to right
+    3: lambda a: a[::-1, ::-1],  # turned 180°
+    4: lambda a: a[::-1],  # mirrored top to bottom
+    5: lambda a: a.swapaxes(0, 1),  # mirrored along the main diagonal
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],  # stored turned 90° anticlockwise: turn clockwise
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],  # mirrored along the other diagonal
+    8: lambda a: a.swapaxes(0, 1)[::-1],  # stored turned 90° clockwise: turn anticlockwise
+}
+
+
+def upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as it is meant to be seen, given its EXIF orientation (1: as stored)."""
+    turn = _UPRIGHT.get(orientation)
+    return image if turn is None else np.ascontiguousarray(turn(image))
+
+
 def check_size(header: Header) -> None:
     """Refuse photos too small to use or too large to decode safely (bombs), from the header."""
     width, height = header.width, header.height
@@ -340,7 +413,9 @@ def decode(data: bytes, size: int | None = None, policy: str = "stretch"
             factor = reduction_for(header.width, header.height, size, policy)
         image = _imdecode(data, _REDUCED_FLAG[factor] | cv2.IMREAD_COLOR_RGB, header.kind)
     else:
+        # IMREAD_UNCHANGED keeps alpha and 16 bits, but makes OpenCV ignore EXIF orientation
         image = _to_rgb(_imdecode(data, cv2.IMREAD_UNCHANGED, header.kind), header.kind)
+        image = upright(image, exif_orientation(data, header.kind))
     height, width = image.shape[:2]
     if factor > 1:
         # Report the full size; EXIF orientation may have turned the photo by 90 degrees.

@@ -1,7 +1,8 @@
-"""Shared fixtures: a click runner and tiny generated photo folders.
+"""Shared fixtures: a click runner, tiny generated photo folders, a tiny trained model.
 
-The photos are 24×24 and the two classes differ in colour and brightness, so that a
-two-epoch model can tell them apart and predictions can be checked for being right.
+Only fixtures live here; plain functions and constants are in ``tests/helpers.py``. The photos
+are 24×24 and the two classes differ in colour and brightness, so that a two-epoch model can
+tell them apart and predictions can be checked for being right.
 """
 
 from __future__ import annotations
@@ -9,39 +10,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import TINY_MODEL, TINY_TRAIN, CleanExitRunner, write_photos
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# A model small enough to train in a second on 24px images.
-TINY_MODEL = ["--blocks", "1", "--filters", "4", "--dense", "0", "--dropout", "0"]
-TINY_TRAIN = ["--epochs", "4", "--batch-size", "4", "--learning-rate", "0.01"]
+TRAINED_MODEL_FIXTURES = {"trained_model", "three_class_model"}
+"""Fixtures that train a real model: every test that uses one, directly or through another
+fixture, is marked slow, so that the quick tier (``-m "not slow"``) trains nothing."""
 
 
-def make_photo(kind: str, rng: np.random.Generator, size: int = 24) -> np.ndarray:
-    """A BGR photo: 'cat' photos are bright and warm, 'dog' photos dark and cold."""
-    noise = rng.integers(-25, 25, size=(size, size, 3))
-    base = np.array([60, 90, 210]) if kind == "cat" else np.array([150, 60, 30])  # BGR
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
-
-
-def write_photos(folder: Path, kind: str, count: int, seed: int, prefix: str = "") -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        path = folder / f"{prefix}{kind}_{i}.jpg" if not prefix else folder / f"{prefix}.{i}.jpg"
-        assert cv2.imwrite(str(path), make_photo(kind, rng))
-        paths.append(path)
-    return paths
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
 def runner() -> CliRunner:
-    return CliRunner()
+    """A click runner that fails the test if any exception but ``SystemExit`` escapes."""
+    return CleanExitRunner()
 
 
 @pytest.fixture
@@ -81,7 +71,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trained")
     write_photos(root / "photos" / "cats", "cat", 12, seed=1)
     write_photos(root / "photos" / "dogs", "dog", 12, seed=2)
-    runner = CliRunner()
+    runner = CleanExitRunner()
     result = runner.invoke(cli, ["prepare", str(root / "photos"), "--out", str(root / "prepared"),
                                  "--size", "24"])
     assert result.exit_code == 0, result.output

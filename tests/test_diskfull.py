@@ -17,7 +17,7 @@ import pytest
 from catsdogs.cli import cli
 from data_prep import safeio
 from data_prep.prepare import prepare
-from tests.conftest import TINY_MODEL, TINY_TRAIN, write_photos
+from tests.helpers import TINY_MODEL, TINY_TRAIN, write_photos
 from tests.reliability_support import (
     dataset_digest,
     one_error_line,

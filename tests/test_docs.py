@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
+import click
 import pytest
 
 from catsdogs.cli import cli
@@ -46,3 +48,79 @@ def test_help_does_not_import_tensorflow_or_keras():
                          check=True).stdout
     assert "HEAVY []" in out, out
     assert "Commands:" in out
+
+
+def normalized(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_options_reference_is_up_to_date():
+    from pathlib import Path
+
+    from catsdogs.docs import options_markdown
+
+    written = (Path(__file__).resolve().parent.parent / "docs" / "options.md").read_text(
+        encoding="utf-8")
+    assert written == options_markdown(), (
+        "docs/options.md is out of date: python -m catsdogs.docs > docs/options.md")
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_options_reference_agrees_with_help(runner, name):
+    """Every row of the reference: its option, default and help are what --help says."""
+    from catsdogs.docs import DEFAULT_IN_HELP, command_table, default_text
+
+    command = cli.commands[name]
+    shown = normalized(runner.invoke(cli, [name, "--help"], terminal_width=200).output)
+    rows = [row for row in command_table(name, command) if row.startswith("| `-")]
+    options = [p for p in command.params if isinstance(p, click.Option)]
+    assert len(rows) == len(options)
+    for row, param in zip(rows, options, strict=True):
+        assert all(f"`{opt}`" in row.split("|")[1] for opt in param.opts)
+        assert all(opt in shown for opt in param.opts + param.secondary_opts)
+        assert normalized(param.help) in shown
+        assert cell_text(row, 4) == normalized(DEFAULT_IN_HELP.sub("", param.help))
+        assert cell_text(row, 2) == default_text(param)
+        if not param.is_flag and default_text(param):
+            assert f"[default: {default_text(param)}" in shown or (
+                f"default: {default_text(param)}]" in shown), (name, param.name)
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_docstring_ends_with_its_example_block(name):
+    """The example block is the last part of the help: nothing after it."""
+    help_text = cli.commands[name].help.rstrip()
+    block = help_text[help_text.rindex("\b"):]
+    assert block.splitlines()[1].strip() == "Example:"
+    assert all(line.startswith("        ") for line in block.splitlines()[2:]), name
+    assert "\n\n" not in block, f"{name}: text after the example block"
+
+
+def cell_text(row: str, column: int) -> str:
+    """The text of one cell of a markdown table row (column 1 is the first)."""
+    cells = row.replace("\\|", "\0").split("|")
+    return cells[column].strip().replace("\0", "|")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# Pages the README links to that other work will write.
+PLANNED_PAGES = {"docs/serve.md", "docs/gpu.md"}
+
+
+@pytest.mark.parametrize("page", ["README.md", "RELIABILITY.md", "docs/commands.md",
+                                  "docs/formats.md", "docs/options.md", "docs/distributed.md"])
+def test_relative_links_point_to_files_that_exist(page):
+    import re
+
+    text = (ROOT / page).read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        path = (ROOT / page).parent / target
+        relative = path.resolve().relative_to(ROOT).as_posix()
+        assert path.exists() or relative in PLANNED_PAGES, f"{page} links to {target}"
+
+
+def test_readme_keeps_the_ci_test_command():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert ci in readme
+    assert 'python -m pytest -m "not slow"' in readme

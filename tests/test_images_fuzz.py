@@ -116,6 +116,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @FUZZ_SETTINGS
 @given(mutated())
 def test_mutated_image_files(data):
@@ -155,6 +156,7 @@ def bomb(draw: st.DrawFn) -> bytes:
     return _declaring(kind, width, height)
 
 
+@pytest.mark.slow
 @FUZZ_SETTINGS
 @given(data=bomb())
 def test_bombs_are_refused_from_the_header_without_decoding(data, monkeypatch_module):

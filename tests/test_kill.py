@@ -16,11 +16,13 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from catsdogs.cli import cli
 from catsdogs.model_folder import load_keras_model, read_model_info
 from data_prep.prepare import prepare
 from data_prep.store import read_dataset
-from tests.conftest import TINY_MODEL, write_photos
+from tests.helpers import TINY_MODEL, write_photos
 from tests.reliability_support import (
     HIDDEN_SIBLING,
     dataset_digest,
@@ -55,6 +57,7 @@ def kill_at(child, moment: str, rng: random.Random, folder: Path, name: str,
     child.communicate(timeout=120)
 
 
+@pytest.mark.slow
 def test_prepare_killed_at_random_moments_leaves_the_old_or_the_new_dataset(tmp_path):
     rng = random.Random(SEED)
     sources = {"small": tmp_path / "src" / "small", "large": tmp_path / "src" / "large"}
@@ -134,6 +137,7 @@ def test_prepare_killed_at_random_moments_leaves_the_old_or_the_new_dataset(tmp_
     assert survived >= 5 and left_over >= 4
 
 
+@pytest.mark.slow
 def test_train_killed_at_random_moments_leaves_nothing_or_a_loadable_model(
     tmp_path, trained_model, runner
 ):

@@ -14,7 +14,7 @@ import pytest
 
 from catsdogs.cli import cli
 from catsdogs.predict import Predictor, decide, expand_paths
-from tests.conftest import TINY_MODEL, TINY_TRAIN
+from tests.helpers import TINY_MODEL, TINY_TRAIN, CleanExitRunner
 
 
 def invoke(runner, *args):
@@ -24,8 +24,6 @@ def invoke(runner, *args):
 @pytest.fixture(scope="module")
 def three_class_model(tmp_path_factory) -> Path:
     """A tiny model of three colours: reds, greens, blues."""
-    from click.testing import CliRunner
-
     root = tmp_path_factory.mktemp("three")
     rng = np.random.default_rng(3)
     for name, bgr in {"blues": (200, 40, 40), "greens": (40, 200, 40),
@@ -34,7 +32,7 @@ def three_class_model(tmp_path_factory) -> Path:
         for i in range(10):
             pixels = np.clip(np.array(bgr) + rng.integers(-20, 20, (24, 24, 3)), 0, 255)
             cv2.imwrite(str(root / "photos" / name / f"{i}.png"), pixels.astype(np.uint8))
-    runner = CliRunner()
+    runner = CleanExitRunner()
     assert runner.invoke(cli, ["prepare", str(root / "photos"), "--out", str(root / "data"),
                                "--size", "24"]).exit_code == 0
     result = runner.invoke(cli, ["train", "--data", str(root / "data"), "--out",

@@ -13,7 +13,7 @@ import pytest
 
 from catsdogs.cli import cli
 from data_prep import ImageError, discover, load_image, prepare, read_dataset
-from tests.conftest import make_photo, write_photos
+from tests.helpers import assert_clean_exit, make_photo, write_photos
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -176,8 +176,7 @@ def test_prepare_cli_summary_and_errors(runner, tiny_dataset, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Prepared 24 photos" in result.output and "cats" in result.output
     result = runner.invoke(cli, ["prepare", str(tmp_path / "nope"), "--out", str(out)])
-    assert result.exit_code == 1 and "not found" in result.output
-    assert "Traceback" not in result.output
+    assert_clean_exit(result, 1, f"Error: source folder not found: {tmp_path / 'nope'}")
     result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--size", "0"])
     assert result.exit_code == 2
 
@@ -187,4 +186,16 @@ def test_prepare_without_source_uses_builtin_sample(runner, tmp_path):
     result = runner.invoke(cli, ["prepare", "--out", str(out), "--size", "32"])
     assert result.exit_code == 0, result.output
     assert "built-in sample" in result.output
-    assert read_dataset(out).info["counts"] == {"cats": 40, "dogs": 40}
+    assert read_dataset(out).info["counts"] == {"cats": 400, "dogs": 400}
+    assert read_dataset(out).info["image_size"] == 32
+
+
+def test_builtin_sample_is_prepared_at_its_own_size_and_keeps_unseen_photos_out(runner,
+                                                                                  tmp_path):
+    out = tmp_path / "prepared"
+    result = runner.invoke(cli, ["prepare", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Prepared 800 photos (64x64, stretch)" in result.output
+    dataset = read_dataset(out)
+    assert dataset.info["image_size"] == 64
+    assert not any("unseen" in path for path in dataset.manifest["path"])

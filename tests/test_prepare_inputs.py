@@ -1,7 +1,7 @@
 """prepare on the folders users really have: every awkward kind of file, one test each.
 
 Each usable image is kept, each unusable one lands in skipped.csv with a reason, nothing
-crashes. The files are made here with numpy + cv2 (the EXIF segment is written by hand).
+crashes. The files are made here with numpy + cv2 (EXIF blocks are written in by hand).
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from data_prep import ImageError, load_image, prepare
 from data_prep.images import (
     MAX_PIXELS,
     MAX_SIDE,
+    decode,
+    exif_orientation,
     load_photo,
     read_header,
     reduction_for,
 )
-from tests.conftest import make_photo, write_photos
+from tests.helpers import assert_clean_exit, make_photo, write_photos
 
 RED_BGR = (0, 0, 255)
 
@@ -44,12 +46,65 @@ def solid(height: int, width: int, bgr: tuple[int, int, int] = RED_BGR) -> np.nd
     return image
 
 
+def exif_block(orientation: int) -> bytes:
+    """A TIFF-structured EXIF block holding one IFD entry: Orientation (tag 274, SHORT)."""
+    return (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+            + struct.pack(">HHIHH", 274, 3, 1, orientation, 0) + struct.pack(">I", 0))
+
+
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """The JPEG with an APP1 Exif segment holding one IFD entry: Orientation (0x0112)."""
-    tiff = (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
-            + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0))
-    payload = b"Exif\x00\x00" + tiff
+    """The JPEG with an APP1 Exif segment that gives its orientation."""
+    payload = b"Exif\x00\x00" + exif_block(orientation)
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def png_with_orientation(png: bytes, orientation: int, prefix: bytes = b"") -> bytes:
+    """The PNG with an ``eXIf`` chunk right after IHDR (8 + 25 bytes)."""
+    return png[:33] + png_chunk(b"eXIf", prefix + exif_block(orientation)) + png[33:]
+
+
+def webp_with_orientation(webp: bytes, orientation: int) -> bytes:
+    """A simple-format WebP turned extended: a VP8X chunk flagging EXIF, the image chunk,
+    then an ``EXIF`` chunk."""
+    width, height = read_header(webp).width, read_header(webp).height
+    vp8x = (bytes([0x08, 0, 0, 0]) + (width - 1).to_bytes(3, "little")
+            + (height - 1).to_bytes(3, "little"))
+    exif = exif_block(orientation)
+    chunks = (b"VP8X" + struct.pack("<I", 10) + vp8x + webp[12:]
+              + b"EXIF" + struct.pack("<I", len(exif)) + exif + b"\x00" * (len(exif) & 1))
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks
+
+
+def tiff_with_orientation(tiff: bytes, orientation: int) -> bytes:
+    """The TIFF with an Orientation entry (tag 274) in its first IFD: the IFD is copied to
+    the end of the file with the entry added, and the header points at the copy."""
+    order = "<" if tiff[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(order + "I", tiff, 4)
+    (count,) = struct.unpack_from(order + "H", tiff, offset)
+    entries = [tiff[offset + 2 + 12 * n : offset + 14 + 12 * n] for n in range(count)]
+    (next_ifd,) = struct.unpack_from(order + "I", tiff, offset + 2 + 12 * count)
+    entries = [e for e in entries if struct.unpack_from(order + "H", e)[0] != 274]
+    entries.append(struct.pack(order + "HHIHH", 274, 3, 1, orientation, 0))
+    entries.sort(key=lambda e: struct.unpack_from(order + "H", e)[0])
+    body = tiff + b"\x00" * (len(tiff) & 1)  # an IFD starts on a word boundary
+    ifd = (struct.pack(order + "H", len(entries)) + b"".join(entries)
+           + struct.pack(order + "I", next_ifd))
+    return body[:4] + struct.pack(order + "I", len(body)) + body[8:] + ifd
+
+
+def upright_reference(stored: np.ndarray, orientation: int) -> np.ndarray:
+    """The EXIF specification's meaning of each orientation, with OpenCV's own functions."""
+    turned = {
+        1: lambda a: a,
+        2: lambda a: cv2.flip(a, 1),
+        3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
+        4: lambda a: cv2.flip(a, 0),
+        5: cv2.transpose,
+        6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+        7: lambda a: cv2.rotate(cv2.transpose(a), cv2.ROTATE_180),
+        8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    }[orientation]
+    return turned(stored)
 
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -145,8 +200,7 @@ def test_mixed_folder_keeps_every_usable_image_and_skips_the_rest(mixed, tmp_pat
 def test_summary_counts_skips_by_reason(runner, mixed, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(cli, ["prepare", str(mixed), "--out", str(out), "--size", "16"])
-    assert result.exit_code == 0, result.output
-    assert "Traceback" not in result.output
+    assert_clean_exit(result, 0)
     summary = next(line for line in result.output.splitlines() if line.startswith("Skipped"))
     assert summary.startswith("Skipped 10: ")
     for part in ("2 label conflict", "2 not an image", "1 empty file", "1 truncated JPEG",
@@ -233,6 +287,73 @@ def test_exif_orientation_is_applied(tmp_path, size):
     top = pixels[: size // 4, size // 2]
     bottom = pixels[-size // 4 :, size // 2]
     assert top[:, 0].min() > 200 and bottom[:, 0].max() < 60
+
+
+def quadrants() -> np.ndarray:
+    """16 high, 24 wide, BGR: red, green / blue, white quadrants (no two orientations of it
+    look the same)."""
+    image = np.zeros((16, 24, 3), np.uint8)
+    image[:8, :12], image[:8, 12:] = RED_BGR, (0, 255, 0)
+    image[8:, :12], image[8:, 12:] = (255, 0, 0), (255, 255, 255)
+    return image
+
+
+ORIENTED = {
+    "jpeg": lambda image, o: with_exif_orientation(
+        encode(image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 100]), o),
+    "png": lambda image, o: png_with_orientation(encode(image, ".png"), o),
+    "webp": lambda image, o: webp_with_orientation(
+        encode(image, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), o),
+    "tiff": lambda image, o: tiff_with_orientation(encode(image, ".tiff"), o),
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", sorted(ORIENTED))
+def test_every_format_honours_exif_orientation(kind, orientation):
+    """A photo that asks to be turned (a phone's PNG screenshot, a WebP from a messenger, a
+    scanner's TIFF) is turned upright as a JPEG is, and its width and height are upright."""
+    stored = quadrants()
+    data = ORIENTED[kind](stored, orientation)
+    assert read_header(data).kind == kind
+    image, width, height = decode(data)
+    expected = cv2.cvtColor(upright_reference(stored, orientation), cv2.COLOR_BGR2RGB)
+    assert (height, width) == expected.shape[:2] == image.shape[:2]
+    if kind == "jpeg":  # lossy: compare the middle of each quadrant
+        rows, columns = expected.shape[0] // 4, expected.shape[1] // 4
+        for row in (rows, 3 * rows):
+            for column in (columns, 3 * columns):
+                difference = image[row, column].astype(int) - expected[row, column]
+                assert np.abs(difference).max() < 40, (row, column)
+    else:
+        np.testing.assert_array_equal(image, expected)
+
+
+def test_exif_orientation_of_png_and_webp_blocks():
+    png = encode(quadrants(), ".png")
+    assert exif_orientation(png, "png") == 1
+    assert exif_orientation(png_with_orientation(png, 8), "png") == 8
+    # some writers keep the "Exif\0\0" prefix of the JPEG segment
+    assert exif_orientation(png_with_orientation(png, 6, prefix=b"Exif\x00\x00"), "png") == 6
+    # out of range, a short block, a block cut in the middle: as stored
+    assert exif_orientation(png_with_orientation(png, 9), "png") == 1
+    assert exif_orientation(png[:33] + png_chunk(b"eXIf", b"MM") + png[33:], "png") == 1
+    assert exif_orientation(png[:33] + png_chunk(b"eXIf", exif_block(6)[:12]) + png[33:],
+                            "png") == 1
+    webp = encode(quadrants(), ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])
+    assert exif_orientation(webp, "webp") == 1
+    assert exif_orientation(webp_with_orientation(webp, 3), "webp") == 3
+
+
+def test_an_oriented_png_with_alpha_is_turned_and_composited(tmp_path):
+    image = np.zeros((10, 20, 4), np.uint8)
+    image[:, :10] = (0, 0, 255, 255)  # opaque red on the left, transparent on the right
+    path = tmp_path / "sticker.png"
+    path.write_bytes(png_with_orientation(encode(image, ".png"), 6))
+    pixels, width, height = load_photo(path, 20, "pad")
+    assert (width, height) == (10, 20)
+    assert pixels[3, 10].tolist() == [255, 0, 0]  # red on top
+    assert pixels[16, 10].tolist() == [255, 255, 255]  # white below
 
 
 def test_reduced_jpeg_decode_never_upsamples_and_stays_close(tmp_path):
@@ -427,19 +548,33 @@ def test_workers_do_not_change_the_output(mixed, tmp_path):
         assert np.array_equal(outputs[2][0][row.index], load_image(row.path, 16))
 
 
-def test_progress_is_reported_through_a_callback(tiny_dataset, tmp_path):
+@pytest.fixture
+def same_size_pair(tiny_dataset: Path) -> Path:
+    """``tiny_dataset`` with two different BMP photos of one byte size added: only files
+    whose byte size another file shares are hashed, so these two are always checked."""
+    rng = np.random.default_rng(5)
+    for name in ("twin_a.bmp", "twin_b.bmp"):
+        assert cv2.imwrite(str(tiny_dataset / "cats" / name), make_photo("cat", rng))
+    sizes = {(tiny_dataset / "cats" / name).stat().st_size for name in ("twin_a.bmp",
+                                                                       "twin_b.bmp")}
+    assert len(sizes) == 1
+    return tiny_dataset
+
+
+def test_progress_is_reported_through_a_callback(same_size_pair, tmp_path):
     calls: list[tuple[str, int, int]] = []
-    prepare(tiny_dataset, tmp_path / "out", size=16, workers=2,
+    prepare(same_size_pair, tmp_path / "out", size=16, workers=2,
             progress=lambda stage, done, total: calls.append((stage, done, total)))
     resizing = [c for c in calls if c[0] == "resizing"]
-    assert [c[1] for c in resizing] == list(range(1, 25))
-    assert {c[2] for c in resizing} == {24}
-    # Only files whose byte size another file shares are hashed, so "checking" counts those.
+    assert [c[1] for c in resizing] == list(range(1, 27))
+    assert {c[2] for c in resizing} == {26}
+    # "checking" counts the files hashed for duplicates: at least the two of one size.
     checking = [c for c in calls if c[0] == "checking"]
     total = len(checking)
+    assert total >= 2
     assert [c[1] for c in checking] == list(range(1, total + 1))
-    assert {c[2] for c in checking} <= {total}
-    assert calls.index(checking[-1]) < calls.index(resizing[0]) if checking else True
+    assert {c[2] for c in checking} == {total}
+    assert calls.index(checking[-1]) < calls.index(resizing[0])
 
 
 def test_progress_bar_only_on_a_terminal(runner, tiny_dataset, tmp_path, capsys):

@@ -14,7 +14,7 @@ from catsdogs.cli import cli
 from data_prep import safeio
 from data_prep.prepare import prepare
 from data_prep.store import read_dataset
-from tests.conftest import TINY_MODEL, write_photos
+from tests.helpers import TINY_MODEL, make_photo, write_photos
 from tests.reliability_support import (
     dataset_digest,
     hidden_siblings,
@@ -74,6 +74,7 @@ def test_train_refused_while_another_writer_holds_the_lock(runner, trained_model
     assert hidden_siblings(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_two_prepares_at_once_never_corrupt_each_other(tmp_path, two_sources):
     first, second = two_sources
     references = {}
@@ -233,8 +234,6 @@ def test_commands_work_with_stderr_closed(tmp_path, trained_model, workers):
     import cv2
     import numpy as np
 
-    from tests.conftest import make_photo
-
     good = cv2.imencode(".jpg", make_photo("cat", np.random.default_rng(3), size=64))[1].tobytes()
     middle = len(good) // 2  # a stray marker inside the scan: decodes, with a libjpeg warning
     (photos / "cats" / "noisy.jpg").write_bytes(good[:middle] + b"\xff\xd3" + good[middle:])
@@ -255,6 +254,7 @@ def test_commands_work_with_stderr_closed(tmp_path, trained_model, workers):
     assert done.returncode == 0 and done.stdout.count(": dogs (") == 6
 
 
+@pytest.mark.slow
 def test_outputs_with_names_near_the_length_limit(tmp_path, runner, two_sources):
     """A 250-byte --out name is legal (the limit is 255), but ``.<name>.tmp-<pid>-<hex>``
     would not be: hidden siblings then carry a shortened, hashed form of the name."""

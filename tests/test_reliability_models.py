@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from catsdogs.cli import cli
+from tests.helpers import assert_clean_exit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,8 @@ SIDE_EFFECT = (
 
 
 def last_line(result) -> str:
-    assert "Traceback" not in result.output
+    """The last line a failed command printed, after checking that it failed cleanly."""
+    assert_clean_exit(result, 1)
     return result.output.strip().splitlines()[-1]
 
 

@@ -17,10 +17,11 @@ from catsdogs.backend import keras as import_keras
 from catsdogs.cli import cli
 from catsdogs.config import ModelConfig, TrainConfig
 from catsdogs.train import checkpoint_folder, read_checkpoint, train
+from tests.helpers import assert_clean_exit
 
 keras = import_keras()
 
-# The tiny model of conftest.TINY_MODEL, as configs: no augmentation and no dropout, so that
+# The tiny model of helpers.TINY_MODEL, as configs: no augmentation and no dropout, so that
 # two runs can be compared number for number.
 TINY = dict(blocks=1, filters=4, dense=(), dropout_rate=0.0)
 
@@ -54,6 +55,7 @@ class RecordStart(keras.callbacks.Callback):
         self.iterations.append(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))
 
 
+@pytest.mark.slow
 def test_interrupted_run_saves_best_so_far_and_resume_continues(prepared, tmp_path):
     out = tmp_path / "model"
     result = train(prepared, out, ModelConfig(**TINY), tiny_train(), callbacks=[InterruptAfter(2)])
@@ -90,6 +92,7 @@ def test_interrupted_run_saves_best_so_far_and_resume_continues(prepared, tmp_pa
     assert info["interrupted"] is False and info["training"]["epochs"] == 4
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(prepared, tmp_path):
     """Weights, optimizer state, schedule position and data order all carry over: without
     augmentation or dropout, the resumed epochs give the same metrics (to float rounding)."""
@@ -105,11 +108,13 @@ def test_resumed_run_matches_an_uninterrupted_one(prepared, tmp_path):
 
 
 def test_resume_without_checkpoint_is_an_error(runner, prepared, tmp_path):
-    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out",
-                                 str(tmp_path / "m"), "--resume"])
-    assert result.exit_code == 1 and "no interrupted run" in result.output
+    out = tmp_path / "m"
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out), "--resume"])
+    assert_clean_exit(result, 1, f"Error: no interrupted run to resume: "
+                                 f"{checkpoint_folder(out)} holds no checkpoint")
 
 
+@pytest.mark.slow
 def test_same_seed_same_validation_accuracy(prepared, tmp_path):
     """CPU, same seed, same data, augmentation on: identical validation accuracy, and
     validation loss equal to 1e-5."""
@@ -122,6 +127,7 @@ def test_same_seed_same_validation_accuracy(prepared, tmp_path):
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_early_stopping_and_best_by_accuracy(prepared, tmp_path):
     result = train(prepared, tmp_path / "m", ModelConfig(**TINY),
                    tiny_train(epochs=30, monitor="val_accuracy", patience=2))
@@ -133,6 +139,7 @@ def test_early_stopping_and_best_by_accuracy(prepared, tmp_path):
                                      if r["val_accuracy"] == best)
 
 
+@pytest.mark.slow
 def test_model_folder_has_curves_and_no_random_layers(runner, prepared, tmp_path):
     out = tmp_path / "model"
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
@@ -181,6 +188,7 @@ def python_sigint():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 def test_sigint_in_the_middle_of_an_epoch(prepared, tmp_path, python_sigint):
     """A real SIGINT during epoch 2: the run stops there, keeps epoch 1 (model and
     checkpoint), and can be resumed."""
@@ -216,6 +224,7 @@ def train_until(text: str, *options: str) -> tuple[subprocess.Popen, str]:
     return process, seen
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_real_process_then_resume(prepared, tmp_path):
     """SIGINT to ``catsdogs train``: exit 130, best model saved, --resume finishes the run."""
     out = tmp_path / "model"
@@ -233,6 +242,7 @@ def test_ctrl_c_in_a_real_process_then_resume(prepared, tmp_path):
     assert 2 <= done < 500  # the line of epoch 3 is printed before its checkpoint
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_then_resume(runner, prepared, tmp_path):
     """SIGKILL gives train no chance to save anything: the checkpoint of the last finished
     epoch, written after every epoch beside --out, survives, and --resume finishes the run."""
@@ -256,6 +266,7 @@ def test_sigkill_during_training_then_resume(runner, prepared, tmp_path):
     assert json.loads((out / "model.json").read_text())["interrupted"] is False
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_saves_a_float32_output(prepared, tmp_path):
     """--precision mixed (the GPU default) also runs on the CPU; the saved model's
     probabilities are float32."""
