@@ -99,6 +99,7 @@ def test_two_real_runs_at_once_one_finishes_and_the_other_is_refused_or_waits_it
     assert out.is_dir() and hidden_siblings(tmp_path) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["evaluate", "visualize"])
 @pytest.mark.parametrize("moment", [failpoints.BUILDING, failpoints.PUBLISH_BEFORE])
 def test_a_killed_run_leaves_nothing_the_next_run_trips_over(
@@ -115,6 +116,7 @@ def test_a_killed_run_leaves_nothing_the_next_run_trips_over(
     assert hidden_siblings(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_swapping_in_its_output_leaves_that_output(
     trained_model, sorted_photos, tmp_path
 ):
