@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
+
+NVIDIA_VERSION_FILE = Path("/proc/driver/nvidia/version")
+GPU_INSTALL = 'pip install "catsdogs[gpu]"'
 
 
 @contextlib.contextmanager
@@ -73,3 +79,96 @@ def describe_device() -> str:
     """``"GPU (NVIDIA H100)"`` or ``"CPU"``, for the training log and ``catsdogs info``."""
     names = devices()
     return f"GPU ({', '.join(names)})" if names else "CPU"
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version (``"550.54.15"``) when this machine has one, ``"version
+    unknown"`` when only ``nvidia-smi`` shows it, or None when there is no NVIDIA driver."""
+    try:
+        text = NVIDIA_VERSION_FILE.read_text(errors="replace")
+    except OSError:
+        text = ""
+    match = re.search(r"Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)\s", text)
+    if match:
+        return match.group(1)
+    if text or shutil.which("nvidia-smi"):
+        return "version unknown"
+    return None
+
+
+def backend_build() -> dict[str, str | None]:
+    """What the Keras backend was built for: ``{"version": ..., "cuda": "12.5.1" or None}``
+    (``cuda`` None means a CPU-only build; for JAX, the CUDA plugin installed)."""
+    from importlib.util import find_spec
+
+    backend = keras().backend.backend()
+    with quiet_native_stderr():
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            info = tf.sysconfig.get_build_info() if tf.test.is_built_with_cuda() else {}
+            return {"version": tf.__version__, "cuda": info.get("cuda_version"),
+                    "cudnn": info.get("cudnn_version")}
+        if backend == "torch":
+            import torch
+
+            return {"version": torch.__version__, "cuda": torch.version.cuda}
+        if backend == "jax":
+            import jax
+
+            plugins = [cuda for cuda in ("13", "12") if find_spec(f"jax_cuda{cuda}_plugin")]
+            return {"version": jax.__version__, "cuda": plugins[0] if plugins else None}
+    return {"version": None, "cuda": None}
+
+
+def gpu_hint(backend: str, found: list[str], driver: str | None,
+             build: dict[str, str | None]) -> str | None:
+    """One line saying why no GPU is used although an NVIDIA driver is there, and the fix;
+    None when a GPU is found or the machine has no NVIDIA driver (nothing to fix)."""
+    if found or driver is None or backend == "numpy":
+        return None
+    seen = f"An NVIDIA driver ({driver}) is here but"
+    version, cuda = build.get("version"), build.get("cuda")
+    if backend == "tensorflow":
+        if not cuda:
+            return (f"{seen} this TensorFlow ({version}) was built without CUDA, so training "
+                    f"runs on the CPU. Fix: {GPU_INSTALL} (TensorFlow with its CUDA libraries).")
+        cudnn = f" and cuDNN {build['cudnn']}" if build.get("cudnn") else ""
+        return (f"{seen} TensorFlow {version} finds no usable GPU: it needs the CUDA {cuda}"
+                f"{cudnn} libraries and a driver recent enough for them. Fix: {GPU_INSTALL} "
+                "(tensorflow[and-cuda] brings the right ones).")
+    if backend == "jax":
+        if cuda:
+            return (f"{seen} JAX {version} with its CUDA {cuda} plugin finds no usable GPU: the "
+                    f"driver may be too old for CUDA {cuda}. Fix: update the NVIDIA driver, or "
+                    f'pip install "jax[cuda{cuda}]" again to match jax.')
+        return (f"{seen} JAX ({version}) finds no GPU: it is a CPU-only install. "
+                'Fix: pip install "jax[cuda12]" (or use the TensorFlow backend: '
+                f"{GPU_INSTALL}).")
+    if backend == "torch":
+        if not cuda:
+            return (f"{seen} this PyTorch ({version}) is a CPU-only build. Fix: install a "
+                    f"CUDA build of torch (or use the TensorFlow backend: {GPU_INSTALL}).")
+        return (f"{seen} PyTorch {version} (built for CUDA {cuda}) finds no usable GPU: the "
+                f"driver may be too old for CUDA {cuda}. Fix: update the NVIDIA driver, or "
+                "install a torch build for an older CUDA.")
+    return f"{seen} the {backend} backend finds no GPU."
+
+
+def gpu_warning() -> str | None:
+    """:func:`gpu_hint` for this machine and this Keras backend."""
+    driver = nvidia_driver()
+    if driver is None:
+        return None  # no NVIDIA driver: the CPU is expected, nothing more is imported
+    found = devices()
+    if found:
+        return None
+    return gpu_hint(keras().backend.backend(), found, driver, backend_build())
+
+
+def training_hint(device_name: str) -> str | None:
+    """The :func:`gpu_warning` to show when training starts on ``device_name`` (as
+    ``on_start`` gets it): only for the CPU chosen by default, not for ``--device cpu``."""
+    if not device_name.startswith("CPU") or "--device cpu" in device_name:
+        return None
+    return gpu_warning()

@@ -312,11 +312,14 @@ class TrainProgress:
         self.terminal = sys.stdout.isatty()
 
     def on_start(self, model: Any, device_name: str) -> None:
+        from catsdogs.backend import training_hint
         from catsdogs.model import summary_lines
 
         for line in summary_lines(model):
             click.echo(line)
         click.echo(f"Training on {device_name}.")
+        if hint := training_hint(device_name):  # an NVIDIA driver, but no GPU in use
+            click.echo(hint, err=True)
 
     def on_batch(self, step: int, steps: int, logs: dict[str, float]) -> None:
         width = 30
@@ -373,6 +376,10 @@ def report_training(result: Any, data: Path, out: Path, patience: int) -> None:
     )
     if result.worker_index == 0:
         click.echo(f"Saved model to {out} (model.keras, model.json, history.csv, curves.png)")
+        from catsdogs.export import skipped_note
+
+        if note := skipped_note(out):  # e.g. no ONNX exporter on this backend
+            click.echo(note)
     else:  # multi-worker training: only the chief (worker 0) writes --out
         click.echo(f"Worker {result.worker_index} of {result.num_workers} done; the chief "
                    "(worker 0) saved the model, nothing was written here.")

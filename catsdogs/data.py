@@ -53,7 +53,6 @@ class ImageBatches(keras.utils.PyDataset):
         *,
         shuffle: bool = False,
         seed: int = 0,
-        binary: bool = True,
         num_classes: int = 2,
         start_epoch: int = 0,
         **kwargs,
@@ -63,17 +62,16 @@ class ImageBatches(keras.utils.PyDataset):
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.images = images
         labels = np.asarray(labels)
-        # Binary: one float per photo (sigmoid output); else one-hot rows (softmax output),
-        # which categorical cross-entropy can smooth.
+        # Two classes: one float per photo (sigmoid output); more: one-hot rows (softmax
+        # output), which categorical cross-entropy can smooth.
         self.labels = (
             labels.astype("float32").reshape(-1, 1)
-            if binary
+            if num_classes == 2
             else np.eye(num_classes, dtype="float32")[labels.astype("int64")]
         )
         self.indices = np.asarray(indices)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.binary = binary
         self.seed = seed
         self.epoch = start_epoch
         self.order = self._order_for(self.epoch)

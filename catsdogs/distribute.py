@@ -166,7 +166,6 @@ class DistributionPlan:
     num_workers: int = 1
     worker_index: int = 0
     replicas: int = 1  # replicas in sync, over all workers
-    devices: tuple[str, ...] = ()
     strategy: Any = None  # tf.distribute.Strategy or keras.distribution.DataParallel
     _scratch: Path | None = field(default=None, repr=False)
 
@@ -238,46 +237,7 @@ class DistributionPlan:
         shard = self.shard(indices, per_replica_batch)
         if self.kind != MULTI_WORKER:
             return make_batches(shard, self.global_batch_size(per_replica_batch))
-        return self._distribute_per_worker(make_batches(shard, per_replica_batch))
-
-    def _distribute_per_worker(self, batches: Any) -> Any:
-        import tensorflow as tf
-
-        first = batches[0]
-        first = first if isinstance(first, tuple) else (first,)
-        signature = tuple(
-            tf.TensorSpec((None, *np.shape(part)[1:]), tf.as_dtype(np.asarray(part).dtype))
-            for part in first
-        )
-
-        passes = 0
-
-        def generate() -> Iterator[tuple]:
-            # Called once per pass over the data (and once for Keras' first-batch peek). The
-            # reshuffle of the previous pass happens here, not after its last batch: a
-            # prefetching thread may still be finishing the old pass when the new one starts.
-            nonlocal passes
-            if passes:
-                batches.on_epoch_end()
-            passes += 1
-            batches.on_epoch_begin()
-            for position in range(len(batches)):
-                batch = batches[position]
-                yield batch if isinstance(batch, tuple) else (batch,)
-
-        def dataset_fn(context: Any) -> Any:
-            if (context.num_input_pipelines, context.input_pipeline_id) != (
-                self.num_workers,
-                self.worker_index,
-            ):
-                raise ValueError(
-                    f"TensorFlow placed this worker's input as pipeline "
-                    f"{context.input_pipeline_id} of {context.num_input_pipelines}, expected "
-                    f"{self.worker_index} of {self.num_workers}"
-                )
-            return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
-
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+        return distribute_per_worker(self, make_batches(shard, per_replica_batch))
 
     def output_folder(self, out: Path) -> Path:
         """Where this process saves the model: ``out`` for the chief; for another worker, a
@@ -296,17 +256,7 @@ class DistributionPlan:
         none leaves while another is still saving, then a non-chief removes its scratch
         folder."""
         if self.kind == MULTI_WORKER:
-            import tensorflow as tf
-
-            @tf.function
-            def count_replicas() -> Any:
-                ones = self.strategy.run(lambda: tf.constant(1, tf.int32))
-                return self.strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
-
-            with lost_workers_as_value_error():
-                present = int(count_replicas())
-            if present != self.replicas:
-                raise ValueError(f"only {present} of {self.replicas} replicas reached the end")
+            wait_for_all_workers(self)
         self.close()
 
     def close(self) -> None:
@@ -341,6 +291,63 @@ class DistributionPlan:
             "per_replica_batch_size": per_replica_batch,
             "global_batch_size": self.global_batch_size(per_replica_batch),
         }
+
+
+def distribute_per_worker(plan: DistributionPlan, batches: Any) -> Any:
+    """``batches`` (this worker's ``PyDataset``) as a distributed dataset that gives every
+    local replica whole per-replica batches, neither re-batched nor auto-sharded."""
+    import tensorflow as tf
+
+    first = batches[0]
+    first = first if isinstance(first, tuple) else (first,)
+    signature = tuple(
+        tf.TensorSpec((None, *np.shape(part)[1:]), tf.as_dtype(np.asarray(part).dtype))
+        for part in first
+    )
+    passes = 0
+
+    def generate() -> Iterator[tuple]:
+        # Called once per pass over the data (and once for Keras' first-batch peek). The
+        # reshuffle of the previous pass happens here, not after its last batch: a
+        # prefetching thread may still be finishing the old pass when the new one starts.
+        nonlocal passes
+        if passes:
+            batches.on_epoch_end()
+        passes += 1
+        batches.on_epoch_begin()
+        for position in range(len(batches)):
+            batch = batches[position]
+            yield batch if isinstance(batch, tuple) else (batch,)
+
+    def dataset_fn(context: Any) -> Any:
+        if (context.num_input_pipelines, context.input_pipeline_id) != (
+            plan.num_workers,
+            plan.worker_index,
+        ):
+            raise ValueError(
+                f"TensorFlow placed this worker's input as pipeline "
+                f"{context.input_pipeline_id} of {context.num_input_pipelines}, expected "
+                f"{plan.worker_index} of {plan.num_workers}"
+            )
+        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
+
+    return plan.strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def wait_for_all_workers(plan: DistributionPlan) -> None:
+    """One all-reduce that every worker must reach: none leaves while another is still
+    saving. A ValueError when some replicas are missing."""
+    import tensorflow as tf
+
+    @tf.function
+    def count_replicas() -> Any:
+        ones = plan.strategy.run(lambda: tf.constant(1, tf.int32))
+        return plan.strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
+
+    with lost_workers_as_value_error():
+        present = int(count_replicas())
+    if present != plan.replicas:
+        raise ValueError(f"only {present} of {plan.replicas} replicas reached the end")
 
 
 @contextlib.contextmanager
@@ -404,6 +411,7 @@ def multi_worker_plan(cluster: ClusterSpec) -> DistributionPlan:
 
     from catsdogs.backend import quiet_native_stderr
 
+    patch_keras_for_multi_worker()  # first: a Keras it cannot patch is refused at once
     try:
         with quiet_native_stderr():
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -414,13 +422,11 @@ def multi_worker_plan(cluster: ClusterSpec) -> DistributionPlan:
     # The per-worker dataset's length is learnt in the first epoch (tf.data cannot know how
     # many steps the local replicas take from it); Keras warns when that epoch ends.
     warnings.filterwarnings("ignore", message=r"Your input ran out of data")
-    patch_keras_for_multi_worker()
     return DistributionPlan(
         kind=MULTI_WORKER,
         num_workers=cluster.num_workers,
         worker_index=cluster.worker_index,
         replicas=int(strategy.num_replicas_in_sync),
-        devices=tuple(cluster.workers),
         strategy=strategy,
     )
 
@@ -428,8 +434,10 @@ def multi_worker_plan(cluster: ClusterSpec) -> DistributionPlan:
 def patch_keras_for_multi_worker() -> None:
     """Work around two faults of Keras 3's TensorFlow trainer under
     ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585, still open in Keras 3.15), so that
-    ``model.fit`` runs. Applied only in a multi-worker process; a no-op if Keras has moved the
-    private functions it replaces.
+    ``model.fit`` runs. Applied only in a multi-worker process, before training starts; a
+    Keras that has moved the private functions it replaces is refused in one line
+    (:func:`keras_private_functions`), since without them training fails later in a
+    traceback.
 
     1. Before the first step, ``_maybe_symbolic_build`` takes the first distributed batch and
        calls ``strategy.reduce("MEAN", (x, y))`` on the whole tuple, only to learn the input
@@ -444,14 +452,8 @@ def patch_keras_for_multi_worker() -> None:
     """
     import tensorflow as tf
 
-    try:
-        from keras.src.backend.tensorflow import trainer as tf_trainer
-    except ImportError:
-        return
-    trainer_class = getattr(tf_trainer, "TensorFlowTrainer", None)
-    build = getattr(trainer_class, "_maybe_symbolic_build", None)
-    reduce = getattr(tf_trainer, "reduce_per_replica", None)
-    if build is None or reduce is None or getattr(reduce, "catsdogs_patched", False):
+    tf_trainer, trainer_class, build, reduce = keras_private_functions()
+    if getattr(reduce, "catsdogs_patched", False):
         return
 
     def first_local(value: Any, strategy: Any) -> Any:
@@ -488,6 +490,30 @@ def patch_keras_for_multi_worker() -> None:
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
+def keras_private_functions() -> tuple[Any, Any, Any, Any]:
+    """(Keras' TensorFlow trainer module, its ``TensorFlowTrainer`` class,
+    ``TensorFlowTrainer._maybe_symbolic_build``, ``reduce_per_replica``): what
+    :func:`patch_keras_for_multi_worker` replaces; a one-line ValueError when this Keras does
+    not have them where they were."""
+    import keras
+
+    try:
+        from keras.src.backend.tensorflow import trainer as tf_trainer
+    except ImportError:
+        tf_trainer = None
+    trainer_class = getattr(tf_trainer, "TensorFlowTrainer", None)
+    build = getattr(trainer_class, "_maybe_symbolic_build", None)
+    reduce = getattr(tf_trainer, "reduce_per_replica", None)
+    if build is None or reduce is None:
+        raise ValueError(
+            f"multi-worker training needs a fix to Keras' TensorFlow trainer that this Keras "
+            f"({keras.__version__}) no longer allows (keras.src.backend.tensorflow.trainer "
+            "has moved); use the Keras version catsdogs was tested with, or train on one "
+            "machine"
+        )
+    return tf_trainer, trainer_class, build, reduce
+
+
 def single_machine_plan(backend: str, devices: list[str]) -> DistributionPlan:
     """Data parallel over ``devices`` (two or more) of this machine."""
     if backend == "tensorflow":
@@ -497,7 +523,6 @@ def single_machine_plan(backend: str, devices: list[str]) -> DistributionPlan:
         return DistributionPlan(
             kind=MIRRORED,
             replicas=int(strategy.num_replicas_in_sync),
-            devices=tuple(devices),
             strategy=strategy,
         )
     if backend == "jax":
@@ -508,7 +533,6 @@ def single_machine_plan(backend: str, devices: list[str]) -> DistributionPlan:
         return DistributionPlan(
             kind=JAX_DATA_PARALLEL,
             replicas=len(devices),
-            devices=tuple(devices),
             strategy=strategy,
         )
     return DistributionPlan()

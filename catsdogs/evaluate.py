@@ -13,7 +13,6 @@ import csv
 import json
 import math
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,40 +282,19 @@ def evaluate(
     data_path, out_path = Path(data), Path(out)
     if not data_path.exists():
         raise FileNotFoundError(f"no data at {data_path}")
-    check_out_folder(out_path, force)
+    check_out_folder(out_path, force)  # refuse before loading the model; checked again below
     predictor = Predictor(model_dir, engine=engine)
-    classes = predictor.classes
     source = read_source(data_path, predictor)
     if predictor.note:
         source.warnings.append(predictor.note)
-
-    tmp = safeio.temporary_sibling(out_path)
-    tmp.mkdir(parents=True)
-    try:
-        true, predicted, scores, kept_paths = [], [], [], []
-        unreadable: list[tuple[str, str]] = []
-        with open(tmp / "predictions.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "true", "predicted", *[f"p_{name}" for name in classes]])
-            labels = iter(source.labels)
-            for prediction in predictions_for(source, predictor, batch_size, threshold):
-                label = next(labels)
-                if prediction.error is not None or prediction.scores is None:
-                    unreadable.append((prediction.path, prediction.error or "unreadable"))
-                    continue
-                choice = classes.index(prediction.label)  # decided by predict.decide
-                writer.writerow([printable(prediction.path), classes[label], prediction.label,
-                                 *[f"{p:.6f}" for p in prediction.scores]])
-                true.append(label)
-                predicted.append(choice)
-                scores.append(prediction.scores)
-                kept_paths.append(prediction.path)
-        if not true:
+    with safeio.output_folder(out_path, kind="evaluation", force=force,
+                              is_ours=is_evaluation) as build:
+        scored = write_predictions(build.path / "predictions.csv", source, predictor,
+                                   batch_size, threshold)
+        if not scored.true:
             raise ValueError(f"no readable photos to evaluate in {data_path}")
-        true_a = np.asarray(true)
-        predicted_a = np.asarray(predicted)
-        scores_a = np.stack(scores)
-        metrics = compute_metrics(true_a, predicted_a, scores_a, classes)
+        metrics = compute_metrics(scored.true_array, scored.predicted_array,
+                                  scored.score_array, predictor.classes)
         metrics.update({
             "format": FORMAT,
             "data": str(data_path.resolve()),
@@ -324,36 +302,87 @@ def evaluate(
             "model": str(Path(model_dir).resolve()),
             "engine": predictor.engine,
             "threshold": threshold,
-            "unreadable": len(unreadable),
+            "unreadable": len(scored.unreadable),
             "warnings": source.warnings,
             "catsdogs_version": __version__,
         })
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n",
-                                          encoding="utf-8")
-        from catsdogs import plots
+        safeio.write_json_atomic(build.path / "metrics.json", metrics)
+        draw_plots(build.path, metrics, scored, source, predictor)
+        files = sorted(p.name for p in build.path.iterdir())
+    return EvaluationResult(out_path, metrics, predictor.classes, predictor.engine,
+                            source.warnings, scored.unreadable, files)
 
-        plots.confusion_png(metrics["confusion_matrix"], classes, tmp / "confusion.png",
-                            title=f"{metrics['n']} photos, accuracy {metrics['accuracy']:.1%}")
-        wrong = np.flatnonzero(true_a != predicted_a)
-        confidence = scores_a[wrong, predicted_a[wrong]]
-        worst = wrong[np.argsort(-confidence, kind="stable")][:MISTAKES_SHOWN]
-        shown = [
-            (
-                mistake_pixels(kept_paths[i], source, predictor),
-                f"true {classes[true_a[i]]}\nsaid {classes[predicted_a[i]]} "
-                f"{scores_a[i, predicted_a[i]]:.1%}\n{printable(Path(kept_paths[i]).name)}",
-            )
-            for i in worst
-        ]
-        plots.mistakes_png(shown, tmp / "mistakes.png", total_wrong=len(wrong),
-                           total=metrics["n"])
-        files = sorted(p.name for p in tmp.iterdir())
-        safeio.publish_folder(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return EvaluationResult(out_path, metrics, classes, predictor.engine, source.warnings,
-                            unreadable, files)
+
+@dataclass
+class Scored:
+    """The photos that could be predicted: true and predicted class numbers, scores, paths;
+    and the (path, reason) of those that could not."""
+
+    true: list[int] = field(default_factory=list)
+    predicted: list[int] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def true_array(self) -> np.ndarray:
+        return np.asarray(self.true)
+
+    @property
+    def predicted_array(self) -> np.ndarray:
+        return np.asarray(self.predicted)
+
+    @property
+    def score_array(self) -> np.ndarray:
+        return np.stack(self.scores)
+
+
+def write_predictions(path: Path, source: Source, predictor: Predictor, batch_size: int,
+                      threshold: float | None) -> Scored:
+    """Predict every photo of ``source``, writing one row per readable photo to ``path``."""
+    classes = predictor.classes
+    scored = Scored()
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", *[f"p_{name}" for name in classes]])
+        labels = iter(source.labels)
+        for prediction in predictions_for(source, predictor, batch_size, threshold):
+            label = next(labels)
+            if prediction.error is not None or prediction.scores is None:
+                scored.unreadable.append((prediction.path, prediction.error or "unreadable"))
+                continue
+            writer.writerow([printable(prediction.path), classes[label], prediction.label,
+                             *[f"{p:.6f}" for p in prediction.scores]])
+            scored.true.append(label)
+            scored.predicted.append(classes.index(prediction.label))  # by predict.decide
+            scored.scores.append(prediction.scores)
+            scored.paths.append(prediction.path)
+    return scored
+
+
+def draw_plots(folder: Path, metrics: dict[str, Any], scored: Scored, source: Source,
+               predictor: Predictor) -> None:
+    """confusion.png, and mistakes.png with the most confident mistakes."""
+    from catsdogs import plots
+
+    classes = predictor.classes
+    plots.confusion_png(metrics["confusion_matrix"], classes, folder / "confusion.png",
+                        title=f"{metrics['n']} photos, accuracy {metrics['accuracy']:.1%}")
+    true, predicted, scores = scored.true_array, scored.predicted_array, scored.score_array
+    wrong = np.flatnonzero(true != predicted)
+    confidence = scores[wrong, predicted[wrong]]
+    worst = wrong[np.argsort(-confidence, kind="stable")][:MISTAKES_SHOWN]
+    shown = [
+        (
+            mistake_pixels(scored.paths[i], source, predictor),
+            f"true {classes[true[i]]}\nsaid {classes[predicted[i]]} "
+            f"{scores[i, predicted[i]]:.1%}\n"
+            f"{plots.shortened(printable(Path(scored.paths[i]).name))}",
+        )
+        for i in worst
+    ]
+    plots.mistakes_png(shown, folder / "mistakes.png", total_wrong=len(wrong),
+                       total=metrics["n"])
 
 
 def mistake_pixels(path: str, source: Source, predictor: Predictor) -> np.ndarray:

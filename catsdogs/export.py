@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 ONNX_NAME = "model.onnx"
+EXPORTERS = {"tensorflow": "tf2onnx", "jax": "jax2onnx", "torch": "onnx"}
+"""The package Keras writes ONNX with, for each backend (``torch.onnx`` needs ``onnx``)."""
 TOLERANCE = 1e-4
 """The most an ONNX probability may differ from the Keras one, on any image, for any class."""
 
@@ -45,6 +47,9 @@ def export_onnx(model: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     from catsdogs.backend import quiet_native_stderr
 
+    missing = missing_exporter()
+    if missing is not None:
+        return {"file": None, "note": missing}
     target = Path(path)
     shape = tuple(int(side) for side in model.input_shape[1:])
     probes = probe_images(shape)
@@ -69,6 +74,39 @@ def export_onnx(model: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
             "note": f"ONNX export discarded: it differs from the Keras model by {difference:.2e}",
         }
     return {"file": target.name, "max_difference": difference}
+
+
+def missing_exporter() -> str | None:
+    """Why ONNX cannot be written on this Keras backend, checked without importing anything
+    (so a JAX or PyTorch run never loads TensorFlow); None when the exporter is installed."""
+    from importlib.util import find_spec
+
+    from catsdogs.backend import keras
+
+    backend = str(keras().backend.backend())
+    package = EXPORTERS.get(backend)
+    if package is None:
+        return f"ONNX export skipped: the {backend} backend cannot export ONNX"
+    if find_spec(package.replace("-", "_")) is None:
+        return (f"ONNX export skipped: the {backend} backend needs {package} "
+                f"(pip install {package}); predict uses model.keras")
+    return None
+
+
+def skipped_note(folder: str | os.PathLike[str]) -> str | None:
+    """The note ``model.json`` keeps when training wrote no ``model.onnx`` (for the log), or
+    None when the export was written or the folder says nothing about it."""
+    import json
+
+    try:
+        recorded = json.loads((Path(folder) / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    onnx = recorded.get("onnx") if isinstance(recorded, dict) else None
+    if not isinstance(onnx, dict) or onnx.get("file") or not onnx.get("note"):
+        return None
+    note = str(onnx["note"])
+    return note if "model.keras" in note else f"{note}; predict uses model.keras"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -18,11 +18,14 @@ def package_version(name: str) -> str | None:
 
 def collect() -> dict[str, object]:
     """Versions of catsdogs, Python, Keras and its backend, OpenCV, NumPy, onnxruntime and
-    matplotlib, and the devices the backend can use. Imports Keras (and so its backend)."""
+    matplotlib, and the devices the backend can use. Imports Keras (and so its backend).
+
+    ``gpu_warning`` is there only when an NVIDIA driver is but the backend finds no GPU: one
+    line saying why, with the fix (see :func:`catsdogs.backend.gpu_hint`)."""
     import cv2
     import numpy as np
 
-    from catsdogs.backend import devices
+    from catsdogs.backend import devices, gpu_warning
     from catsdogs.backend import keras as import_keras
 
     keras = import_keras()
@@ -36,7 +39,7 @@ def collect() -> dict[str, object]:
 
         providers = list(import_onnxruntime().get_available_providers())
     found = devices()
-    return {
+    facts: dict[str, object] = {
         "catsdogs": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -47,8 +50,24 @@ def collect() -> dict[str, object]:
         "numpy": np.__version__,
         "onnxruntime": onnx,
         "onnxruntime_providers": providers,
-        "tf2onnx": package_version("tf2onnx"),
+        "onnx_exporter": onnx_exporter(backend),
         "matplotlib": package_version("matplotlib"),
         "devices": found or ["CPU"],
         "executable": sys.executable,
     }
+    warning = gpu_warning()
+    if warning:
+        facts["gpu_warning"] = warning
+    return facts
+
+
+def onnx_exporter(backend: str) -> str:
+    """``"tf2onnx 1.17.0"``: the package that writes model.onnx on this backend, or what is
+    missing (training then saves model.keras alone)."""
+    from catsdogs.export import EXPORTERS
+
+    package = EXPORTERS.get(backend)
+    if package is None:
+        return f"none on the {backend} backend"
+    found = package_version(package)
+    return f"{package} {found}" if found else f"{package} not installed (no model.onnx)"

@@ -1,4 +1,5 @@
-"""The PNGs of ``evaluate`` and ``visualize``, drawn with matplotlib's Agg backend (no display).
+"""The PNGs of ``train`` (curves.png), ``evaluate`` and ``visualize``, drawn with
+matplotlib's Agg backend (no display).
 
 matplotlib is imported here only, when a figure is drawn.
 """
@@ -51,6 +52,48 @@ def confusion_png(matrix: Sequence[Sequence[int]], classes: list[str], path: Pat
     axes.set_title(f"Confusion matrix\n{title}" if title else "Confusion matrix")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
     save(figure, path)
+
+
+def curves_figure(rows: list[dict[str, Any]]) -> Any:
+    """Loss and accuracy per epoch, training against validation, the best epoch marked;
+    the epoch axis has whole-number ticks only."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+    epochs = [row["epoch"] for row in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
+            axis.plot(epochs, [row.get(key, float("nan")) for row in rows], marker=".",
+                      label=label)
+        best = [row["epoch"] for row in rows if row.get("best")]
+        if best:
+            axis.axvline(best[-1], color="grey", linestyle=":", label=f"best epoch {best[-1]}")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def curves_png(rows: list[dict[str, Any]], path: Path) -> None:
+    """:func:`curves_figure` saved as a PNG."""
+    figure = curves_figure(rows)
+    figure.savefig(path, dpi=100)
+    pyplot().close(figure)
+
+
+def shortened(name: str, limit: int = 20) -> str:
+    """``name`` cut to at most ``limit`` characters with an ellipsis in the middle, keeping
+    its start and its extension's side ("0123456789…cdef.jpg"), so captions do not run into
+    each other."""
+    if len(name) <= limit:
+        return name
+    tail = max(1, (limit - 1) // 3)
+    head = limit - 1 - tail
+    return f"{name[:head]}…{name[-tail:]}"
 
 
 def grid_shape(count: int, columns: int = 4) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from catsdogs.bundle import ModelInfo, read_model_info
+from catsdogs.model_folder import ModelInfo, read_model_info
 from data_prep.discover import is_clutter
 from data_prep.images import ImageError, load_image
 
@@ -151,7 +151,7 @@ class Predictor:
                 self.info.path / ONNX_NAME, self.info.image_size, len(self.classes)
             )
         else:
-            from catsdogs.bundle import load_keras_model
+            from catsdogs.model_folder import load_keras_model
 
             self.model = load_keras_model(self.info)
 

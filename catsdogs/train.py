@@ -1,9 +1,11 @@
 """``train(data, out, model_config, train_config)``: fit, keep the best epoch, save the model.
 
-The run is split into small steps (:func:`split_rows`, :func:`build_and_compile`,
-:func:`fit_model`, :func:`save_model_folder`) so that each can be wrapped or replaced on its
-own. While it runs, a checkpoint (weights, optimizer state, epoch, history) is kept after
-every epoch in a hidden sibling of ``out`` (``.model.partial/`` beside ``model/``), never
+The run reads as its steps: :func:`load_resume_state` → :func:`start_run` (configurations
+and split) → :func:`make_batches` → :func:`build_and_compile` → :func:`make_callbacks` →
+:func:`fit_model` → :func:`catsdogs.model_folder.write_model_folder`, all inside one
+:func:`data_prep.safeio.output_folder` (the lock of ``out``, built aside, published whole).
+While it runs, a checkpoint (weights, optimizer state, epoch, history) is kept after every
+epoch in a hidden sibling of ``out`` (``.model.partial/`` beside ``model/``), never
 inside ``out``: ``out`` holds either nothing or a complete model. Ctrl-C saves the best
 epoch so far to ``out`` and keeps the checkpoint, which ``resume=True`` continues from.
 """
@@ -11,8 +13,8 @@ epoch so far to ``out`` and keeps the checkpoint, which ``resume=True`` continue
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,12 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from catsdogs import __version__, bundle, distribute
+from catsdogs import __version__, distribute, model_folder
 from catsdogs.backend import describe_device
 from catsdogs.backend import keras as import_keras
 from catsdogs.config import ModelConfig, TrainConfig
-from catsdogs.export import export_onnx, fingerprints
-from data_prep import safeio
+from data_prep import failpoints, safeio
 from data_prep.store import PreparedDataset, read_dataset
 
 EpochReport = Callable[[dict[str, Any]], None]
@@ -52,7 +53,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     num_train: int = 0
     num_validation: int = 0
-    worker_index: int = 0  # (#7) 0: the chief, which saved the model to ``out``
+    worker_index: int = 0  # 0: the chief, which saved the model to ``out``
     num_workers: int = 1
     monitor: str = "val_loss"
     interrupted: bool = False
@@ -78,7 +79,8 @@ def checkpoint_folder(out: Path) -> Path:
 
 def check_out_folder(out: Path, force: bool) -> None:
     """Refuse to replace anything but a catsdogs model folder, and that only with ``force``."""
-    safeio.check_replaceable(out, force, bundle.is_model_folder, "a catsdogs model", "a model")
+    safeio.check_replaceable(out, force, model_folder.is_model_folder, "a catsdogs model",
+                             "a model")
 
 
 def make_optimizer(name: str, learning_rate: Any, weight_decay: float = 0.0):
@@ -295,15 +297,15 @@ def save_training_state(trainer: Any, path: Path) -> None:
     Plain numpy rather than ``save_weights``: an HDF5 write that fails half-way (a full
     disk) leaves h5py's library state broken for the rest of the process.
     """
-    keras = import_keras()
-    arrays = [keras.ops.convert_to_numpy(v) for v in training_variables(trainer)]
-    tmp = path.parent / f".{path.name}.tmp.npz"
-    try:
-        np.savez(tmp, *arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # Variable.numpy(), not keras.ops.convert_to_numpy: the same copy without the latter's
+    # np.array(tensor) on TensorFlow, which NumPy 2 warns about for every variable.
+    save_arrays(path, [variable.numpy() for variable in training_variables(trainer)])
+
+
+def save_arrays(path: Path, arrays: Sequence[np.ndarray]) -> None:
+    """``arrays`` as an .npz at ``path``, flushed to disk before this returns
+    (:func:`data_prep.safeio.write_atomic`), so a ``state.json`` written next can rely on it."""
+    safeio.write_atomic(path, lambda handle: np.savez(handle, *arrays))
 
 
 def load_training_state(trainer: Any, path: Path) -> None:
@@ -339,9 +341,8 @@ class Checkpoint(import_keras().callbacks.Callback):
         save_training_state(self.model, self.folder / weights)
         best = f"best-{self.keeper.best_epoch:05d}.npz"
         if not (self.folder / best).exists() and self.keeper.best_weights is not None:
-            tmp = self.folder / f".{best}.tmp.npz"
-            np.savez(tmp, *self.keeper.best_weights)
-            os.replace(tmp, self.folder / best)
+            save_arrays(self.folder / best, self.keeper.best_weights)
+        failpoints.failpoint(failpoints.CHECKPOINT_WEIGHTS)
         state = dict(self.static)
         state.update({
             "format": CHECKPOINT_FORMAT,
@@ -351,7 +352,7 @@ class Checkpoint(import_keras().callbacks.Callback):
             "keeper": self.keeper.state(),
             "plateau": plateau_state(self.plateau),
         })
-        safeio.write_text_atomic(self.folder / "state.json", json.dumps(state, indent=1) + "\n")
+        safeio.write_json_atomic(self.folder / "state.json", state, indent=1)
         for child in self.folder.iterdir():
             if child.name not in ("state.json", weights, best):
                 child.unlink(missing_ok=True)
@@ -415,54 +416,6 @@ def fit_model(
     return False
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """Loss and accuracy per epoch, training against validation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in rows]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
-            axis.plot(epochs, [row.get(key, float("nan")) for row in rows], marker=".",
-                      label=label)
-        best = [row["epoch"] for row in rows if row.get("best")]
-        if best:
-            axis.axvline(best[-1], color="grey", linestyle=":", label=f"best epoch {best[-1]}")
-        axis.set_xlabel("epoch")
-        axis.set_title(metric)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def save_model_folder(out: Path, model: Any, info: dict[str, Any],
-                      rows: list[dict[str, Any]]) -> None:
-    """Write model.keras, model.json, history.csv and curves.png aside, then publish them."""
-    import pandas as pd
-
-    tmp = safeio.temporary_sibling(out)
-    tmp.mkdir(parents=True)
-    try:
-        model.save(tmp / "model.keras")
-        # The same model as ONNX, for fast Keras-free predict (#5); a note when it fails.
-        onnx = export_onnx(model, tmp / "model.onnx")
-        if onnx.get("file"):  # tie model.onnx to this model.keras: predict checks both
-            onnx.update(fingerprints(tmp))
-        info = {**info, "onnx": onnx}
-        (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        pd.DataFrame(rows).to_csv(tmp / "history.csv", index=False)
-        plot_curves(rows, tmp / "curves.png")
-        safeio.publish_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def train(
     data: str | Path,
     out: str | Path,
@@ -478,11 +431,11 @@ def train(
 ) -> TrainResult:
     """Train a classifier on the prepared dataset at ``data`` and save it to ``out``.
 
-    ``model_config.image_size`` and ``num_classes`` are taken from the dataset.
-    ``on_start(model, device)`` is called once the model is built, ``on_batch(step, steps,
-    logs)`` after every training batch, ``on_epoch(row)`` after every epoch; ``callbacks``
-    are extra Keras callbacks, run after ours. The weights of the best epoch by
-    ``train_config.monitor`` are the ones saved.
+    ``model_config.image_size`` and ``num_classes`` are taken from the dataset (the caller's
+    ``model_config`` is not changed). ``on_start(model, device)`` is called once the model is
+    built, ``on_batch(step, steps, logs)`` after every training batch, ``on_epoch(row)`` after
+    every epoch; ``callbacks`` are extra Keras callbacks, run after ours. The weights of the
+    best epoch by ``train_config.monitor`` are the ones saved.
 
     With ``resume``, the run interrupted in ``out``'s checkpoint is continued with the
     configuration it was started with (``model_config`` and ``train_config`` are ignored).
@@ -492,178 +445,244 @@ def train(
     With several workers (``TF_CONFIG``, see catsdogs.distribute) only the chief locks and
     writes ``out``.
     """
-    # (#7) choose the strategy before any TensorFlow op runs. Only the chief locks and writes
+    # Choose the strategy before any TensorFlow op runs. Only the chief locks and writes
     # --out; other workers save to a scratch folder, removed once all workers are done.
     plan = distribute.plan()
-    result = _train(data, plan.output_folder(Path(out)), model_config, train_config,
-                    plan=plan, force=force, resume=resume, on_epoch=on_epoch,
-                    on_batch=on_batch, on_start=on_start, callbacks=callbacks)
+    hooks = Hooks(on_epoch, on_batch, on_start, tuple(callbacks))
+    result = _train(Path(data), plan.output_folder(Path(out)), model_config, train_config,
+                    plan=plan, force=force, resume=resume, hooks=hooks)
     plan.finish()
     return result
 
 
-@safeio.locks_output("out")  # one writer per --out; see safeio
-def _train(
-    data: str | Path,
-    out: str | Path,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    *,
-    plan: distribute.DistributionPlan,
-    force: bool = False,
-    resume: bool = False,
-    on_epoch: EpochReport | None = None,
-    on_batch: BatchReport | None = None,
-    on_start: Callable[[Any, str], None] | None = None,
-    callbacks: Sequence[Any] = (),
-) -> TrainResult:
-    """:func:`train` under the lock of ``out``."""
-    from catsdogs.data import ImageBatches
+@dataclass
+class Hooks:
+    """The caller's reporting functions and extra Keras callbacks."""
 
-    keras = import_keras()
+    on_epoch: EpochReport | None = None
+    on_batch: BatchReport | None = None
+    on_start: Callable[[Any, str], None] | None = None
+    callbacks: tuple[Any, ...] = ()
+
+
+@dataclass
+class Run:
+    """One training run as its steps build it up."""
+
+    data: Path
+    dataset: PreparedDataset
+    model_config: ModelConfig
+    train_config: TrainConfig
+    plan: distribute.DistributionPlan
+    partial: Path
+    state: dict[str, Any] | None
+    split: Split
+    device: str = ""
+    precision: str = "float32"
+    model: Any = None
+    trainer: Any = None
+    keeper: BestEpoch | None = None
+    interrupted: bool = False
+
+    @property
+    def initial_epoch(self) -> int:
+        return int(self.state["epochs_done"]) if self.state else 0
+
+
+def _train(data: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
+           plan: distribute.DistributionPlan, force: bool, resume: bool, hooks: Hooks
+           ) -> TrainResult:
+    """:func:`train` of one worker: lock ``out``, train, write the model folder."""
     started = time.perf_counter()
-    out_path = Path(out)
     dataset = read_dataset(data)
-    partial = checkpoint_folder(out_path)
-    state: dict[str, Any] | None = None
+    partial = checkpoint_folder(out)
+    with safeio.output_folder(
+        out, kind="model", force=force or resume, is_ours=model_folder.is_model_folder,
+        check=lambda: load_resume_state(partial, dataset, data, resume=resume, force=force),
+    ) as build:
+        try:
+            run = start_run(data, dataset, model_config, train_config, plan, partial,
+                            build.checked)
+            fit(run, hooks, out)
+            if run.keeper.best_weights is None:
+                build.discard()  # interrupted before the first epoch ended: nothing to save
+            else:
+                model_folder.write_model_folder(build.path, run.model, model_info(run),
+                                                run.keeper.rows)
+        except OSError:
+            # A full or failing disk: leave nothing behind from a fresh run (a checkpoint
+            # that a --resume continues is kept as it was).
+            if build.checked is None:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+    if not run.interrupted:
+        shutil.rmtree(partial, ignore_errors=True)
+    return train_result(run, out, time.perf_counter() - started)
+
+
+def load_resume_state(partial: Path, dataset: PreparedDataset, data: Path, *, resume: bool,
+                      force: bool) -> dict[str, Any] | None:
+    """With ``resume``, the checkpoint of the interrupted run (trained on this dataset).
+    Without it, an interrupted run is only thrown away with ``force``."""
     if resume:
         state = read_checkpoint(partial)
         if state.get("dataset_fingerprint") != dataset.info.get("fingerprint"):
             raise ValueError(
                 f"the interrupted run in {partial} was trained on another dataset than {data}"
             )
-        model_config = ModelConfig.from_dict(state["model"])
-        train_config = TrainConfig.from_dict(state["training"])
-    elif partial.exists():
+        return state
+    if partial.exists():
         if not force:
             raise ValueError(
                 f"{partial} holds an interrupted run: continue it with --resume, "
                 "or use --force to start over"
             )
         shutil.rmtree(partial)
-    check_out_folder(out_path, force or resume)
+    return None
 
-    model_config.image_size = dataset.image_size
-    model_config.num_classes = len(dataset.classes)
+
+def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
+              train_config: TrainConfig, plan: distribute.DistributionPlan, partial: Path,
+              state: dict[str, Any] | None) -> Run:
+    """The configurations of this run (those of the interrupted run when resuming; image
+    size and classes from the dataset, on a copy of the caller's ``model_config``) and its
+    training/validation split."""
+    if state is not None:
+        model_config = ModelConfig.from_dict(state["model"])
+        train_config = TrainConfig.from_dict(state["training"])
+    model_config = dataclasses.replace(model_config, image_size=dataset.image_size,
+                                       num_classes=len(dataset.classes))
     model_config.validate()
-    split = split_rows(dataset, train_config)
-    all_labels = dataset.manifest["label"].to_numpy()
-    binary = model_config.num_classes == 2
-    initial_epoch = int(state["epochs_done"]) if state else 0
+    return Run(data, dataset, model_config, train_config, plan, partial, state,
+               split_rows(dataset, train_config))
 
-    # (#7) plan.dataset gives each builder this worker's shard and the batch size the
-    # strategy expects (--batch-size per replica); unchanged on one device.
+
+def make_batches(run: Run) -> tuple[Any, Any, int]:
+    """(training batches, validation batches, steps per epoch). ``plan.dataset`` gives each
+    builder this worker's shard and the batch size the strategy expects (--batch-size per
+    replica); unchanged on one device."""
+    from catsdogs.data import ImageBatches
+
+    dataset, config, plan = run.dataset, run.train_config, run.plan
+    labels = dataset.manifest["label"].to_numpy()
+    classes = run.model_config.num_classes
     train_batches = plan.dataset(
         lambda index, batch_size: ImageBatches(
-            dataset.images, all_labels, index, batch_size,
-            shuffle=True, seed=train_config.seed + plan.worker_index, binary=binary,
-            num_classes=model_config.num_classes, start_epoch=initial_epoch,
-            workers=TRAIN_WORKERS,
+            dataset.images, labels, index, batch_size, shuffle=True,
+            seed=config.seed + plan.worker_index, num_classes=classes,
+            start_epoch=run.initial_epoch, workers=TRAIN_WORKERS,
         ),
-        split.train, train_config.batch_size,
+        run.split.train, config.batch_size,
     )
     val_batches = plan.dataset(
-        lambda index, batch_size: ImageBatches(
-            dataset.images, all_labels, index, batch_size,
-            binary=binary, num_classes=model_config.num_classes,
-        ),
-        split.validation, train_config.batch_size,
+        lambda index, batch_size: ImageBatches(dataset.images, labels, index, batch_size,
+                                               num_classes=classes),
+        run.split.validation, config.batch_size,
     )
-    steps_per_epoch = plan.steps_per_epoch(split.train, train_config.batch_size)
+    return train_batches, val_batches, plan.steps_per_epoch(run.split.train, config.batch_size)
 
-    try:
-        with device_scope(train_config) as device:
-            precision = resolve_precision(train_config, device)
-            with plan.scope():  # (#7) variables mirrored over the replicas
-                model, trainer = build_and_compile(model_config, train_config, steps_per_epoch,
-                                                   precision)
-            # Weights + optimizer state + archive overhead: refuse a too-full disk now, not
-            # after training.
-            safeio.check_free_space(out_path, 12 * model.count_params() + (64 << 10), "the model")
-            if plan.active:  # (#7) e.g. "CPU; 2 workers (MultiWorkerMirroredStrategy, ...)"
-                device = f"{device}; {plan.describe(train_config.batch_size)}"
-            keeper = BestEpoch(on_epoch, train_config.monitor, train_config.patience, model)
-            plateau = None
-            if train_config.lr_schedule == "plateau":
-                plateau = Plateau(
-                    monitor=train_config.monitor, factor=0.2, patience=3,
-                    min_lr=train_config.learning_rate * 1e-3,
-                )
-            static = {
-                "model": model_config.to_dict(),
-                "training": train_config.to_dict(),
-                "dataset_fingerprint": dataset.info.get("fingerprint"),
-            }
-            if state is not None:
-                restore_checkpoint(partial, state, trainer, keeper, plateau)
-            if on_start is not None:
-                on_start(model, device)
-            ours: list[Any] = [keeper]
-            if plateau is not None:
-                ours.append(plateau)
-            ours.append(Checkpoint(partial, keeper, static, plateau))
-            if on_batch is not None:
-                ours.append(BatchProgress(on_batch))
-            with plan.scope():  # (#7)
-                interrupted = initial_epoch < train_config.epochs and fit_model(
-                    trainer, train_batches, val_batches, train_config.epochs, initial_epoch,
-                    [*ours, *callbacks],
-                )
-        keeper.restore()
 
-        saved = keeper.best_weights is not None
-        if saved:
-            info = {
-                "format": bundle.FORMAT,
-                "classes": dataset.classes,
-                "image_size": dataset.image_size,
-                "resize_policy": dataset.info.get("resize_policy", "stretch"),
-                "channel_order": "RGB",
-                "model": model_config.to_dict(),
-                "training": train_config.to_dict(),
-                "best_epoch": keeper.best_epoch,
-                "monitor": train_config.monitor,
-                "best": keeper.best_row,
-                "epochs_run": len(keeper.rows),
-                "interrupted": interrupted,
-                "num_train": int(len(split.train)),
-                "num_validation": int(len(split.validation)),
-                "dataset": str(Path(data).resolve()),
-                "device": device,
-                "distribution": plan.to_dict(train_config.batch_size),  # (#7)
-                "precision": precision,
-                "backend": keras.backend.backend(),
-                "keras_version": keras.__version__,
-                "catsdogs_version": __version__,
-            }
-            save_model_folder(out_path, model, info, keeper.rows)
-    except OSError:
-        # A full or failing disk: leave nothing behind from a fresh run (a checkpoint that a
-        # --resume continues is kept as it was).
-        if state is None:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if not interrupted:
-        shutil.rmtree(partial, ignore_errors=True)
+def make_callbacks(run: Run, hooks: Hooks) -> list[Any]:
+    """Ours (best epoch, plateau, checkpoint, batch progress), then the caller's. Loads the
+    interrupted run's state into them when resuming."""
+    config = run.train_config
+    run.keeper = BestEpoch(hooks.on_epoch, config.monitor, config.patience, run.model)
+    plateau = None
+    if config.lr_schedule == "plateau":
+        plateau = Plateau(monitor=config.monitor, factor=0.2, patience=3,
+                          min_lr=config.learning_rate * 1e-3)
+    if run.state is not None:
+        restore_checkpoint(run.partial, run.state, run.trainer, run.keeper, plateau)
+    static = {
+        "model": run.model_config.to_dict(),
+        "training": config.to_dict(),
+        "dataset_fingerprint": run.dataset.info.get("fingerprint"),
+    }
+    ours: list[Any] = [run.keeper]
+    if plateau is not None:
+        ours.append(plateau)
+    ours.append(Checkpoint(run.partial, run.keeper, static, plateau))
+    if hooks.on_batch is not None:
+        ours.append(BatchProgress(hooks.on_batch))
+    return [*ours, *hooks.callbacks]
+
+
+def fit(run: Run, hooks: Hooks, out: Path) -> None:
+    """Build the model on the chosen device, then fit it; the best epoch's weights are in
+    ``run.model`` afterwards."""
+    train_batches, val_batches, steps_per_epoch = make_batches(run)
+    config, plan = run.train_config, run.plan
+    with device_scope(config) as device:
+        run.precision = resolve_precision(config, device)
+        with plan.scope():  # variables mirrored over the replicas
+            run.model, run.trainer = build_and_compile(run.model_config, config,
+                                                       steps_per_epoch, run.precision)
+        # Weights + optimizer state + archive overhead: refuse a too-full disk now, not
+        # after training.
+        safeio.check_free_space(out, 12 * run.model.count_params() + (64 << 10), "the model")
+        # e.g. "CPU; 2 workers (MultiWorkerMirroredStrategy, ...)"
+        run.device = f"{device}; {plan.describe(config.batch_size)}" if plan.active else device
+        callbacks = make_callbacks(run, hooks)
+        if hooks.on_start is not None:
+            hooks.on_start(run.model, run.device)
+        with plan.scope():
+            run.interrupted = run.initial_epoch < config.epochs and fit_model(
+                run.trainer, train_batches, val_batches, config.epochs, run.initial_epoch,
+                callbacks,
+            )
+    run.keeper.restore()
+
+
+def model_info(run: Run) -> dict[str, Any]:
+    """What model.json says about the model besides its format: what prediction needs, and
+    how the model was built and trained."""
+    keras = import_keras()
+    keeper, dataset = run.keeper, run.dataset
+    return {
+        "classes": dataset.classes,
+        "image_size": dataset.image_size,
+        "resize_policy": dataset.info.get("resize_policy", "stretch"),
+        "channel_order": "RGB",
+        "model": run.model_config.to_dict(),
+        "training": run.train_config.to_dict(),
+        "best_epoch": keeper.best_epoch,
+        "monitor": run.train_config.monitor,
+        "best": keeper.best_row,
+        "epochs_run": len(keeper.rows),
+        "interrupted": run.interrupted,
+        "num_train": int(len(run.split.train)),
+        "num_validation": int(len(run.split.validation)),
+        "dataset": str(run.data.resolve()),
+        "device": run.device,
+        "distribution": run.plan.to_dict(run.train_config.batch_size),
+        "precision": run.precision,
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "catsdogs_version": __version__,
+    }
+
+
+def train_result(run: Run, out: Path, seconds: float) -> TrainResult:
+    keeper = run.keeper
     return TrainResult(
-        out=out_path,
-        device=device,
+        out=out,
+        device=run.device,
         best_epoch=keeper.best_epoch,
         best=keeper.best_row,
         epochs_run=len(keeper.rows),
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         history=keeper.rows,
-        num_train=int(len(split.train)),
-        num_validation=int(len(split.validation)),
-        monitor=train_config.monitor,
-        interrupted=interrupted,
-        saved=saved,
+        num_train=int(len(run.split.train)),
+        num_validation=int(len(run.split.validation)),
+        monitor=run.train_config.monitor,
+        interrupted=run.interrupted,
+        saved=keeper.best_weights is not None,
         stopped_early=keeper.stopped_early,
-        resumed_from=initial_epoch,
-        checkpoint=partial if interrupted and partial.exists() else None,
-        precision=precision,
-        worker_index=plan.worker_index,
-        num_workers=plan.num_workers,
+        resumed_from=run.initial_epoch,
+        checkpoint=run.partial if run.interrupted and run.partial.exists() else None,
+        precision=run.precision,
+        worker_index=run.plan.worker_index,
+        num_workers=run.plan.num_workers,
     )
 
 

@@ -12,9 +12,8 @@ Every panel is labelled with the layer's name and the shape it shows.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from catsdogs import __version__
-from catsdogs.bundle import load_keras_model, read_model_info
+from catsdogs.model_folder import load_keras_model, read_model_info
 from data_prep import safeio
 from data_prep.discover import printable
 from data_prep.images import ImageError, load_image
@@ -41,10 +40,15 @@ class VisualizationResult:
     files: list[str]
 
 
+def is_visualization(folder: Path) -> bool:
+    """True for a folder written by :func:`visualize`."""
+    return (folder / MARKER).is_file()
+
+
 def check_out_folder(out: Path, force: bool) -> None:
     """Replace only a visualization folder of ours, and that only with ``force``."""
-    safeio.check_replaceable(out, force, lambda folder: (folder / MARKER).is_file(),
-                             "a catsdogs visualization", "a visualization")
+    safeio.check_replaceable(out, force, is_visualization, "a catsdogs visualization",
+                             "a visualization")
 
 
 def panel_grid(plt: Any, count: int, cell: tuple[float, float], title_room: float
@@ -124,9 +128,6 @@ def visualize(
     force: bool = False,
 ) -> VisualizationResult:
     """Draw the feature maps, first-layer filters and occlusion heat map for ``image``."""
-    from catsdogs.backend import keras as import_keras
-    from catsdogs.plots import pyplot, save
-
     image_path, out_path = Path(image), Path(out)
     if not image_path.is_file():
         raise FileNotFoundError(f"no such photo: {image_path}")
@@ -136,108 +137,127 @@ def visualize(
         display = load_image(image_path, max(DISPLAY_SIZE, info.image_size), info.resize_policy)
     except ImageError as error:
         raise ValueError(f"{image_path}: {error.reason}") from None
-    check_out_folder(out_path, force)
-    keras = import_keras()
+    check_out_folder(out_path, force)  # refuse before loading the model; checked again below
     model = load_keras_model(info)
-    classes = info.classes
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        raw = np.asarray(model.predict_on_batch(batch), dtype="float64")
-        if len(classes) == 2:
-            positive = raw.reshape(-1)
-            return np.stack([1 - positive, positive], axis=1)
-        return raw
-
+    predict = probabilities(model, len(info.classes))
     scores = predict(pixels[None].astype("float32"))[0]
     target = int(np.argmax(scores))
-    label, probability = classes[target], float(scores[target])
+    label, probability = info.classes[target], float(scores[target])
     verdict = f"{printable(image_path.name)}: {label} ({probability:.1%})"
-    plt = pyplot()
-
-    tmp = safeio.temporary_sibling(out_path)
-    tmp.mkdir(parents=True)
-    try:
-        layers = layer_outputs(model, pixels[None].astype("float32"))
-        convolutions = [(layer, value) for layer, value in layers
-                        if isinstance(layer, keras.layers.Conv2D)]
-        if not convolutions:
-            raise ValueError(f"{info.keras_path} has no Conv2D layer to visualize")
-
-        # Feature maps of each convolution block.
-        for number, (layer, value) in enumerate(convolutions, start=1):
-            maps = value[0]
-            channels = maps.shape[-1]
-            shown = min(channels, MAX_CHANNELS)
-            figure, grid = panel_grid(plt, shown, (1.6, 1.75), 0.9)
-            strongest = np.argsort(-maps.reshape(-1, channels).mean(axis=0), kind="stable")
-            chosen = sorted(int(c) for c in strongest[:shown])
-            for channel, axes in zip(chosen, grid.flat, strict=False):
-                axes.imshow(maps[:, :, channel], cmap="viridis", interpolation="nearest")
-                axes.set_title(f"{layer.name}[{channel}]", fontsize=7)
-            more = (f", the {shown} most active of {channels} channels"
-                    if shown < channels else "")
-            figure.suptitle(
-                f"{layer.name} ({type(layer).__name__}) feature maps: output "
-                f"{shape_text(maps.shape)}{more}\n{verdict}", fontsize=10)
-            save(figure, tmp / f"features_{number}_{layer.name}.png")
-
-        # The first convolution layer's filters.
-        first = convolutions[0][0]
-        kernel = np.asarray(keras.ops.convert_to_numpy(first.kernel))  # (k, k, in, out)
-        count = min(kernel.shape[-1], 64)
-        figure, grid = panel_grid(plt, count, (1.3, 1.45), 0.8)
-        for index, axes in zip(range(count), grid.flat, strict=False):
-            weights = kernel[:, :, :, index]
-            picture = normalized(weights) if weights.shape[-1] == 3 else \
-                normalized(weights.mean(axis=-1))
-            axes.imshow(picture, cmap=None if picture.ndim == 3 else "gray",
-                        interpolation="nearest")
-            axes.set_title(f"filter {index}", fontsize=7)
-        figure.suptitle(
-            f"{first.name} ({type(first).__name__}) learned filters: kernel "
-            f"{shape_text(kernel.shape)} (height×width×in×out), each scaled to its own range",
-            fontsize=9)
-        save(figure, tmp / "filters.png")
-
-        # Occlusion sensitivity.
-        heat, patch, stride = occlusion_map(predict, pixels, target)
-        import cv2
-
-        side = display.shape[0]
-        big = cv2.resize(heat, (side, side), interpolation=cv2.INTER_CUBIC)
-        limit = float(np.abs(heat).max()) or 1e-6
-        figure, grid = plt.subplots(1, 3, figsize=(14, 5), layout="constrained")
-        grid[0].imshow(display)
-        grid[0].set_title(f"{verdict}\nphoto; model input {shape_text(pixels.shape)}")
-        shown = grid[1].imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit,
-                               interpolation="nearest")
-        grid[1].set_title(f"occlusion sensitivity {shape_text(heat.shape)}\n"
-                          f"{patch}px grey square, stride {stride}px")
-        figure.colorbar(shown, ax=grid[1], fraction=0.046, pad=0.04,
-                        label=f"drop in p({label})")
-        grid[2].imshow(display)
-        positive = np.clip(big / max(float(big.max()), 1e-12), 0, 1)
-        grid[2].imshow(positive, cmap="jet", alpha=0.75 * positive, vmin=0, vmax=1)
-        grid[2].set_title(f"regions that drove '{label}'")
-        for axes in grid:
-            axes.axis("off")
-        save(figure, tmp / "heatmap.png")
-
-        files = sorted(p.name for p in tmp.iterdir())
-        marker = {
+    with safeio.output_folder(out_path, kind="visualization", force=force,
+                              is_ours=is_visualization) as build:
+        first = draw_feature_maps(build.path, model, pixels, verdict, info.keras_path)
+        draw_filters(build.path, first)
+        occlusion = draw_heatmap(build.path, predict, pixels, display, target, label, verdict)
+        files = sorted(p.name for p in build.path.iterdir())
+        safeio.write_json_atomic(build.path / MARKER, {
             "format": FORMAT,
             "image": str(image_path.resolve()),
             "model": str(Path(model_dir).resolve()),
             "label": label,
             "probability": probability,
-            "probabilities": dict(zip(classes, map(float, scores), strict=True)),
-            "occlusion": {"patch": patch, "stride": stride},
+            "probabilities": dict(zip(info.classes, map(float, scores), strict=True)),
+            "occlusion": occlusion,
             "files": files,
             "catsdogs_version": __version__,
-        }
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        safeio.publish_folder(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        })
     return VisualizationResult(out_path, label, probability, files)
+
+
+def probabilities(model: Any, num_classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from a batch of photos to one probability per class (two for a binary
+    model's single sigmoid output)."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        raw = np.asarray(model.predict_on_batch(batch), dtype="float64")
+        if num_classes == 2:
+            positive = raw.reshape(-1)
+            return np.stack([1 - positive, positive], axis=1)
+        return raw
+
+    return predict
+
+
+def draw_feature_maps(folder: Path, model: Any, pixels: np.ndarray, verdict: str,
+                      keras_path: Path) -> Any:
+    """``features_<n>_<layer>.png`` for each convolution block; returns the first
+    convolution layer."""
+    from catsdogs.backend import keras as import_keras
+    from catsdogs.plots import pyplot, save
+
+    keras, plt = import_keras(), pyplot()
+    layers = layer_outputs(model, pixels[None].astype("float32"))
+    convolutions = [(layer, value) for layer, value in layers
+                    if isinstance(layer, keras.layers.Conv2D)]
+    if not convolutions:
+        raise ValueError(f"{keras_path} has no Conv2D layer to visualize")
+    for number, (layer, value) in enumerate(convolutions, start=1):
+        maps = value[0]
+        channels = maps.shape[-1]
+        shown = min(channels, MAX_CHANNELS)
+        figure, grid = panel_grid(plt, shown, (1.6, 1.75), 0.9)
+        strongest = np.argsort(-maps.reshape(-1, channels).mean(axis=0), kind="stable")
+        chosen = sorted(int(c) for c in strongest[:shown])
+        for channel, axes in zip(chosen, grid.flat, strict=False):
+            axes.imshow(maps[:, :, channel], cmap="viridis", interpolation="nearest")
+            axes.set_title(f"{layer.name}[{channel}]", fontsize=7)
+        more = f", the {shown} most active of {channels} channels" if shown < channels else ""
+        figure.suptitle(
+            f"{layer.name} ({type(layer).__name__}) feature maps: output "
+            f"{shape_text(maps.shape)}{more}\n{verdict}", fontsize=10)
+        save(figure, folder / f"features_{number}_{layer.name}.png")
+    return convolutions[0][0]
+
+
+def draw_filters(folder: Path, first: Any) -> None:
+    """``filters.png``: the first convolution layer's learned filters."""
+    from catsdogs.backend import keras as import_keras
+    from catsdogs.plots import pyplot, save
+
+    keras, plt = import_keras(), pyplot()
+    kernel = np.asarray(keras.ops.convert_to_numpy(first.kernel))  # (k, k, in, out)
+    count = min(kernel.shape[-1], 64)
+    figure, grid = panel_grid(plt, count, (1.3, 1.45), 0.8)
+    for index, axes in zip(range(count), grid.flat, strict=False):
+        weights = kernel[:, :, :, index]
+        picture = normalized(weights) if weights.shape[-1] == 3 else \
+            normalized(weights.mean(axis=-1))
+        axes.imshow(picture, cmap=None if picture.ndim == 3 else "gray",
+                    interpolation="nearest")
+        axes.set_title(f"filter {index}", fontsize=7)
+    figure.suptitle(
+        f"{first.name} ({type(first).__name__}) learned filters: kernel "
+        f"{shape_text(kernel.shape)} (height×width×in×out), each scaled to its own range",
+        fontsize=9)
+    save(figure, folder / "filters.png")
+
+
+def draw_heatmap(folder: Path, predict: Callable[[np.ndarray], np.ndarray],
+                 pixels: np.ndarray, display: np.ndarray, target: int, label: str,
+                 verdict: str) -> dict[str, int]:
+    """``heatmap.png``: occlusion sensitivity; returns its patch and stride."""
+    import cv2
+
+    from catsdogs.plots import pyplot, save
+
+    plt = pyplot()
+    heat, patch, stride = occlusion_map(predict, pixels, target)
+    side = display.shape[0]
+    big = cv2.resize(heat, (side, side), interpolation=cv2.INTER_CUBIC)
+    limit = float(np.abs(heat).max()) or 1e-6
+    figure, grid = plt.subplots(1, 3, figsize=(14, 5), layout="constrained")
+    grid[0].imshow(display)
+    grid[0].set_title(f"{verdict}\nphoto; model input {shape_text(pixels.shape)}")
+    shown = grid[1].imshow(heat, cmap="RdBu_r", vmin=-limit, vmax=limit,
+                           interpolation="nearest")
+    grid[1].set_title(f"occlusion sensitivity {shape_text(heat.shape)}\n"
+                      f"{patch}px grey square, stride {stride}px")
+    figure.colorbar(shown, ax=grid[1], fraction=0.046, pad=0.04, label=f"drop in p({label})")
+    grid[2].imshow(display)
+    positive = np.clip(big / max(float(big.max()), 1e-12), 0, 1)
+    grid[2].imshow(positive, cmap="jet", alpha=0.75 * positive, vmin=0, vmax=1)
+    grid[2].set_title(f"regions that drove '{label}'")
+    for axes in grid:
+        axes.axis("off")
+    save(figure, folder / "heatmap.png")
+    return {"patch": patch, "stride": stride}

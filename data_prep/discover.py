@@ -41,9 +41,6 @@ class Discovery:
     classes: list[str]
     files: list[tuple[Path, str]] = field(default_factory=list)  # (path, class name)
 
-    def count(self, class_name: str) -> int:
-        return sum(1 for _, name in self.files if name == class_name)
-
 
 def _walk_files(folder: Path) -> list[Path]:
     """Every non-clutter file below ``folder``, following symbolic links, surviving loops."""

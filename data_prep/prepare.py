@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
-import shutil
 import threading
 import time
 from collections import Counter
@@ -33,8 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from data_prep import safeio, store
-from data_prep.discover import discover, printable
+from data_prep import failpoints, safeio, store
+from data_prep.discover import Discovery, discover, printable
 from data_prep.images import (
     MIN_SIDE,
     RESIZE_POLICIES,
@@ -75,7 +74,6 @@ class PrepareResult:
     reused: bool = False
     test_count: int = 0
     workers: int = 1
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     @property
     def skipped_by_reason(self) -> dict[str, int]:
@@ -158,7 +156,7 @@ def write_photo(index: int, path: str, slot: int, npy: str, offset: int, size: i
                 policy: str) -> Written:
     """Pass 2: read one file once, check its header (format, size, truncation, bombs),
     decode and resize it, and write it into row ``slot`` of ``npy``."""
-    safeio.failpoint("decode")  # tests: a worker that dies here, as on a decoder crash
+    failpoints.failpoint(failpoints.DECODE)  # tests: a worker dying, as on a decoder crash
     try:
         pixels, width, height = photo_from_bytes(read_bytes(path), size, policy)
     except ImageError as error:
@@ -373,7 +371,6 @@ def close_holes(path: Path, offset: int, row_bytes: int, slots: list[int]) -> No
                 handle.write(row)
 
 
-@safeio.locks_output("out", not_inside="source")  # one writer per --out; see safeio
 def prepare(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -397,6 +394,30 @@ def prepare(
     ``FileNotFoundError``/``ValueError`` with a one-line message for unusable input.
     """
     started = time.perf_counter()
+    check_options(size, policy, test_fraction, workers)
+    source_path, out_path = Path(source), Path(out)
+    found = discover(source_path)
+    digest = fingerprint(found.files, size, policy, test_fraction, seed)
+    result = reusable_dataset(out_path, digest)
+    if result is None:
+        count = worker_count(workers, len(found.files))
+        report = progress or (lambda stage, done, total: None)
+        with safeio.output_folder(out_path, kind="dataset", force=force,
+                                  is_ours=store.is_dataset,
+                                  held="a different prepared dataset",
+                                  not_inside=source_path) as build:
+            with Workers(count) as pool:
+                skips = check_files(pool, found.files, report)
+                written = resize_files(pool, found.files, skips, build.path / "images.npy",
+                                       size, policy, report)
+            result = finish_dataset(build.path, source_path, found, written, skips, size,
+                                    policy, Options(digest, test_fraction, seed))
+        result.out, result.workers = out_path, count
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def check_options(size: int, policy: str, test_fraction: float, workers: int | None) -> None:
     if size < MIN_SIDE:
         raise ValueError(f"--size must be at least {MIN_SIDE}, got {size}")
     if policy not in RESIZE_POLICIES:
@@ -405,126 +426,132 @@ def prepare(
         raise ValueError(f"test fraction must be in [0, 1), got {test_fraction}")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    source_path = Path(source)
-    out_path = Path(out)
-    timings: dict[str, float] = {}
-    clock = [started]
 
-    def lap(phase: str) -> None:
-        now = time.perf_counter()
-        timings[phase] = now - clock[0]
-        clock[0] = now
 
-    found = discover(source_path)
-    if out_path.resolve().is_relative_to(source_path.resolve()):
-        raise ValueError(f"--out {out_path} is inside the source folder; choose another place")
+def worker_count(workers: int | None, files: int) -> int:
+    """Processes to use: ``workers``, or by default every core but no more than one per
+    ``PHOTOS_PER_WORKER`` photos (starting a process costs more than ~50 photos)."""
+    if workers is None:
+        workers = max(1, min(available_cores(), files // PHOTOS_PER_WORKER))
+    return max(1, min(workers, files))
 
-    digest = fingerprint(found.files, size, policy, test_fraction, seed)
-    if store.is_dataset(out_path):
-        try:
-            existing = store.read_dataset(out_path)
-        except ValueError:
-            existing = None
-        if existing is not None and existing.info.get("fingerprint") == digest:
-            info = existing.info
-            return PrepareResult(
-                out_path, info["classes"], info["counts"],
-                [Skip(*row) for row in existing.skipped_rows()], time.perf_counter() - started,
-                reused=True, test_count=int(info.get("num_test", 0)),
-            )
-    store.check_destination(out_path, force)
-    lap("discover")
 
-    files = found.files
-    if workers is None:  # every core, but starting a process costs more than ~50 photos
-        workers = max(1, min(available_cores(), len(files) // PHOTOS_PER_WORKER))
-    count = min(workers, len(files))
-    report = progress or (lambda stage, done, total: None)
-    tmp = safeio.temporary_sibling(out_path)
-    tmp.mkdir(parents=True)
+def reusable_dataset(out: Path, digest: str) -> PrepareResult | None:
+    """The dataset already at ``out`` when it was prepared from the same files with the same
+    options (same fingerprint): nothing needs doing. Else None."""
+    if not store.is_dataset(out):
+        return None
     try:
-        with Workers(count) as pool:
-            # Pass 1: only files of the same byte size can be copies of each other: hash
-            # those (usually few) to find exact duplicates and label conflicts.
-            sizes_in_bytes = [_byte_size(path) for path, _ in files]
-            shared = {n for n, k in Counter(sizes_in_bytes).items() if k > 1 and n > 0}
-            to_hash = [(i, str(path)) for i, (path, _) in enumerate(files)
-                       if sizes_in_bytes[i] in shared]
-            digests: list[bytes | None] = [None] * len(files)
-            skips: dict[int, Skip] = {}
-            done = 0
+        existing = store.read_dataset(out)
+    except ValueError:
+        return None
+    info = existing.info
+    if info.get("fingerprint") != digest:
+        return None
+    return PrepareResult(out, info["classes"], info["counts"],
+                         [Skip(*row) for row in existing.skipped_rows()],
+                         reused=True, test_count=int(info.get("num_test", 0)))
 
-            def on_hashed(result: Hashed) -> None:
-                nonlocal done
-                digests[result.index] = result.digest
-                if result.reason:
-                    skips[result.index] = Skip(shown_path(files[result.index][0]),
-                                               result.reason, result.detail)
-                done += 1
-                report("checking", done, len(to_hash))
 
-            lap("start")
-            pool.run(hash_file, to_hash, on_hashed)
-            skips.update(plan_duplicates(files, digests))
-            slot_of = {i: slot for slot, i in
-                       enumerate(i for i in range(len(files)) if i not in skips)}
+def check_files(pool: Workers, files: list[tuple[Path, str]], report: ProgressCallback
+                ) -> dict[int, Skip]:
+    """Pass 1: only files of the same byte size can be copies of each other: hash those
+    (usually few) to find exact duplicates and label conflicts. Returns the files to skip."""
+    sizes_in_bytes = [_byte_size(path) for path, _ in files]
+    shared = {n for n, k in Counter(sizes_in_bytes).items() if k > 1 and n > 0}
+    to_hash = [(i, str(path)) for i, (path, _) in enumerate(files)
+               if sizes_in_bytes[i] in shared]
+    digests: list[bytes | None] = [None] * len(files)
+    skips: dict[int, Skip] = {}
+    done = 0
 
-            lap("check")
-            # Pass 2: decode and resize into images.npy, each photo into its own row.
-            npy = tmp / "images.npy"
-            offset = create_npy(npy, len(slot_of), size)
-            safeio.reserve_space(npy)  # a full disk fails here, with ENOSPC, not mid-write
-            sizes: dict[int, tuple[int, int]] = {}
-            done = 0
+    def on_hashed(result: Hashed) -> None:
+        nonlocal done
+        digests[result.index] = result.digest
+        if result.reason:
+            skips[result.index] = Skip(shown_path(files[result.index][0]), result.reason,
+                                       result.detail)
+        done += 1
+        report("checking", done, len(to_hash))
 
-            def on_written(result: Written) -> None:
-                nonlocal done
-                if result.reason:
-                    skips[result.index] = Skip(shown_path(files[result.index][0]),
-                                               result.reason, result.detail)
-                else:
-                    sizes[result.index] = (result.width, result.height)
-                done += 1
-                report("resizing", done, len(slot_of))
+    pool.run(hash_file, to_hash, on_hashed)
+    skips.update(plan_duplicates(files, digests))
+    return skips
 
-            pool.run(write_photo,
-                     [(i, str(files[i][0]), slot, str(npy), offset, size, policy)
-                      for i, slot in slot_of.items()],
-                     on_written)
 
-            lap("resize")
-        kept = sorted(sizes)
-        row_bytes = size * size * 3
-        if len(kept) < len(slot_of):
-            close_holes(npy, offset, row_bytes, [slot_of[i] for i in kept])
-        with open(npy, "r+b") as handle:
-            handle.truncate(offset + len(kept) * row_bytes)
-        rewrite_npy_header(npy, (len(kept), size, size, 3), offset)
+@dataclass
+class Resized:
+    """What pass 2 wrote into ``npy``: the row ("slot") given to each file, and the original
+    (width, height) of each file that was written (a file missing here left its row empty)."""
 
-        rows = [(shown_path(files[i][0]), files[i][1], *sizes[i]) for i in kept]
-        skipped = [skips[i] for i in sorted(skips)]
-        counts = Counter(label for _, label, _, _ in rows)
-        classes = [name for name in found.classes if counts[name] > 0]
-        if not rows:
-            raise ValueError(f"no usable photo in {source_path} ({len(skipped)} skipped)")
-        if len(classes) < 2:
-            raise ValueError(
-                f"only one class ({classes[0]}) has usable photos in {source_path}; "
-                "need at least two"
-            )
-        result = _write(tmp, rows, skipped, classes, size, policy, found.layout,
-                        source_path, digest, test_fraction, seed)
-        lap("write")
-        safeio.publish_folder(tmp, out_path)
-        lap("publish")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    result.out = out_path
-    result.workers = count
-    result.timings = timings
-    result.seconds = time.perf_counter() - started
-    return result
+    npy: Path
+    offset: int
+    slot_of: dict[int, int]
+    sizes: dict[int, tuple[int, int]]
+
+
+def resize_files(pool: Workers, files: list[tuple[Path, str]], skips: dict[int, Skip],
+                 npy: Path, size: int, policy: str, report: ProgressCallback) -> Resized:
+    """Pass 2: decode and resize into ``npy``, each photo into its own row. Files that turn
+    out unusable are added to ``skips``."""
+    slot_of = {i: slot for slot, i in
+               enumerate(i for i in range(len(files)) if i not in skips)}
+    offset = create_npy(npy, len(slot_of), size)
+    safeio.reserve_space(npy)  # a full disk fails here, with ENOSPC, not mid-write
+    sizes: dict[int, tuple[int, int]] = {}
+    done = 0
+
+    def on_written(result: Written) -> None:
+        nonlocal done
+        if result.reason:
+            skips[result.index] = Skip(shown_path(files[result.index][0]), result.reason,
+                                       result.detail)
+        else:
+            sizes[result.index] = (result.width, result.height)
+        done += 1
+        report("resizing", done, len(slot_of))
+
+    pool.run(write_photo,
+             [(i, str(files[i][0]), slot, str(npy), offset, size, policy)
+              for i, slot in slot_of.items()],
+             on_written)
+    return Resized(npy, offset, slot_of, sizes)
+
+
+class Options(NamedTuple):
+    """The options recorded in dataset.json besides size and policy."""
+
+    fingerprint: str
+    test_fraction: float
+    seed: int
+
+
+def finish_dataset(folder: Path, source: Path, found: Discovery, written: Resized,
+                   skips: dict[int, Skip], size: int, policy: str, options: Options
+                   ) -> PrepareResult:
+    """Close the holes unusable files left in images.npy, then write the tables."""
+    files = found.files
+    kept = sorted(written.sizes)
+    row_bytes = size * size * 3
+    if len(kept) < len(written.slot_of):
+        close_holes(written.npy, written.offset, row_bytes, [written.slot_of[i] for i in kept])
+    with open(written.npy, "r+b") as handle:
+        handle.truncate(written.offset + len(kept) * row_bytes)
+    rewrite_npy_header(written.npy, (len(kept), size, size, 3), written.offset)
+
+    rows = [(shown_path(files[i][0]), files[i][1], *written.sizes[i]) for i in kept]
+    skipped = [skips[i] for i in sorted(skips)]
+    counts = Counter(label for _, label, _, _ in rows)
+    classes = [name for name in found.classes if counts[name] > 0]
+    if not rows:
+        raise ValueError(f"no usable photo in {source} ({len(skipped)} skipped)")
+    if len(classes) < 2:
+        raise ValueError(
+            f"only one class ({classes[0]}) has usable photos in {source}; "
+            "need at least two"
+        )
+    return _write(folder, rows, skipped, classes, size, policy, found.layout, source,
+                  options.fingerprint, options.test_fraction, options.seed)
 
 
 def _byte_size(path: Path) -> int:

@@ -1,7 +1,9 @@
 """Writing folders and files whole or not at all: build aside, fsync, rename into place.
 
-Every writer of an output folder (``prepare``'s dataset, ``train``'s model) follows one
-protocol, so that a kill, a full disk or a second run at the same time never leaves a mix:
+Every writer of an output folder (``prepare``'s dataset, ``train``'s model, ``evaluate``'s
+and ``visualize``'s reports) goes through one context manager, :func:`output_folder`, which
+follows one protocol, so that a kill, a full disk or a second run at the same time never
+leaves a mix:
 
 1. :func:`output_lock` takes an exclusive ``flock`` on a hidden lock file beside the output
    (``.prepared.lock``). A second writer of the same output is refused at once with one line
@@ -18,6 +20,10 @@ protocol, so that a kill, a full disk or a second run at the same time never lea
 4. An ``OSError`` that means "cannot write here" (no space, read-only, permission, a file in
    the way) is turned into one line naming the output (:class:`OutputError`), after the
    hidden folder and any parent folders created for it have been removed.
+
+Small files that other files depend on (``dataset.json``, ``model.json``, ``metrics.json``,
+a checkpoint's ``state.json``) go through :func:`write_atomic`: written to a temporary
+sibling, flushed, renamed into place, and the folder flushed.
 """
 
 from __future__ import annotations
@@ -25,25 +31,23 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import functools
 import hashlib
-import inspect
+import json
 import os
 import re
 import shutil
-import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any
+
+from data_prep import failpoints
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no locking, the rest still applies
     fcntl = None  # type: ignore[assignment]
-
-Function = TypeVar("Function", bound=Callable[..., Any])
 
 # errno values that mean "this output cannot be written here"; turned into one clear line.
 WRITE_ERRNOS = {
@@ -125,16 +129,6 @@ def native_stderr_to(target: int | None = None) -> Iterator[None]:
             os.close(null)
 
 
-def failpoint(name: str) -> None:
-    """Test hook: SIGKILL this process at the named moment when ``CATSDOGS_FAILPOINT=name``.
-
-    Lets tests kill a writer exactly inside a microsecond-wide window (between two renames)
-    that random timing would almost never hit.
-    """
-    if os.environ.get("CATSDOGS_FAILPOINT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def fsync_path(path: Path) -> None:
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
     handle = os.open(path, flags)
@@ -199,14 +193,32 @@ def replace_file(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write the file ``path`` whole or not at all: ``write(handle)`` fills a temporary
+    sibling, which is flushed to disk, renamed over ``path``, and the folder flushed, so
+    that after a crash ``path`` holds the old content or the new, and whatever is written
+    after this returns can rely on it."""
     tmp = temporary_sibling(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        replace_file(tmp, path)
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """:func:`write_atomic` for UTF-8 text."""
+    write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def write_json_atomic(path: Path, value: Any, indent: int = 2) -> None:
+    """:func:`write_atomic` for a JSON document (with a final newline)."""
+    write_text_atomic(path, json.dumps(value, indent=indent) + "\n")
 
 
 # --- atomic swap -------------------------------------------------------------------------
@@ -216,7 +228,7 @@ _RENAME_EXCHANGE = 2
 
 
 def _renameat2() -> Any:
-    if os.environ.get("CATSDOGS_NO_RENAME_EXCHANGE"):  # test hook: force the fallback path
+    if failpoints.rename_exchange_disabled():  # test hook: force the fallback path
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -278,19 +290,19 @@ def publish_folder(tmp: Path, out: Path) -> None:
     kill in between).
     """
     fsync_tree(tmp)
-    failpoint("publish:before")
+    failpoints.failpoint(failpoints.PUBLISH_BEFORE)
     if os.path.lexists(out):
         if exchange(tmp, out):
             fsync_path(out.parent)
-            failpoint("publish:swapped")
+            failpoints.failpoint(failpoints.PUBLISH_SWAPPED)
             shutil.rmtree(tmp, ignore_errors=True)  # ``tmp`` now holds the old folder
             return
         old = temporary_sibling(out, "old")
         os.rename(out, old)
-        failpoint("publish:aside")
+        failpoints.failpoint(failpoints.PUBLISH_ASIDE)
         os.rename(tmp, out)
         fsync_path(out.parent)
-        failpoint("publish:renamed")
+        failpoints.failpoint(failpoints.PUBLISH_RENAMED)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
@@ -514,30 +526,66 @@ def output_lock(out: Path, *, create_parents: bool = True) -> Iterator[None]:
                     break
 
 
-def locks_output(parameter: str, *, not_inside: str | None = None
-                 ) -> Callable[[Function], Function]:
-    """Decorator: run the function under :func:`output_lock` of its argument ``parameter``.
+# --- the protocol ------------------------------------------------------------------------
 
-    With ``not_inside``, an output inside the folder given by that argument (the source) is
-    refused before anything, even a lock file, is written there.
+class Build:
+    """An output being built by :func:`output_folder`: write into ``path`` (a hidden sibling
+    of ``out``); it is published as ``out`` when the ``with`` body ends normally."""
+
+    def __init__(self, out: Path, path: Path, checked: Any = None) -> None:
+        self.out = out
+        self.path = path
+        self.checked = checked  # what output_folder's ``check`` returned
+        self.publish = True
+
+    def discard(self) -> None:
+        """Publish nothing: the hidden folder is removed and ``out`` stays as it was."""
+        self.publish = False
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
+
+
+@contextlib.contextmanager
+def output_folder(
+    out: str | os.PathLike[str],
+    *,
+    kind: str,
+    force: bool,
+    is_ours: Callable[[Path], bool],
+    held: str | None = None,
+    not_inside: str | os.PathLike[str] | None = None,
+    check: Callable[[], Any] | None = None,
+) -> Iterator[Build]:
+    """Write the output folder ``out`` whole or not at all; the one way every command does.
+
+    In order: refuse an ``out`` inside ``not_inside`` (the source folder) before anything is
+    written; take the lock (:func:`output_lock`: one writer per output, the repair of what
+    killed runs left); run ``check()``, the caller's own checks that need the lock (its
+    result is ``Build.checked``); refuse to replace anything but a folder that ``is_ours``
+    recognizes, and that only with ``force`` (:func:`check_replaceable`; ``kind`` names our kind of
+    folder, "evaluation", and ``held`` how an existing one is described, by default
+    "an evaluation"); create a hidden sibling and yield it as a :class:`Build`. When the body
+    ends normally, the folder is published (:func:`publish_folder`) unless the body called
+    :meth:`Build.discard`; in every case the hidden folder is gone afterwards.
     """
-
-    def decorate(function: Function) -> Function:
-        signature = inspect.signature(function)
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(*args, **kwargs)
-            out = Path(bound.arguments[parameter])
-            if not_inside is not None and not_inside in bound.arguments:
-                source = Path(bound.arguments[not_inside])
-                if out.resolve().is_relative_to(source.resolve()):
-                    raise ValueError(
-                        f"--out {out} is inside the source folder; choose another place"
-                    )
-            with output_lock(out):
-                return function(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    out = Path(out)
+    if not_inside is not None and Path(os.path.abspath(out)).resolve().is_relative_to(
+            Path(not_inside).resolve()):
+        raise ValueError(f"--out {out} is inside the source folder; choose another place")
+    with output_lock(out):
+        checked = check() if check is not None else None
+        check_replaceable(out, force, is_ours, f"a catsdogs {kind}",
+                          held or f"{_article(kind)} {kind}")
+        tmp = temporary_sibling(out)
+        os.mkdir(tmp)
+        build = Build(out, tmp, checked)
+        try:
+            failpoints.failpoint(failpoints.BUILDING)
+            yield build
+            if build.publish:
+                publish_folder(tmp, out)
+        finally:
+            if os.path.lexists(tmp):  # a failure, a discard, or the old folder after a swap
+                _remove(tmp)

@@ -126,4 +126,4 @@ def write_tables(folder: Path, manifest: Iterable[Sequence[Any]],
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(columns)
             writer.writerows(rows)
-    (folder / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    safeio.write_json_atomic(folder / "dataset.json", info)

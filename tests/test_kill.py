@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from catsdogs.bundle import load_keras_model, read_model_info
 from catsdogs.cli import cli
+from catsdogs.model_folder import load_keras_model, read_model_info
 from data_prep.prepare import prepare
 from data_prep.store import read_dataset
 from tests.helpers import TINY_MODEL, write_photos

@@ -113,7 +113,7 @@ def test_broken_onnx_file_without_fingerprints_is_a_clear_error(runner, trained_
 def test_onnx_of_another_model_keras_is_not_used(trained_model, unseen_photos, tmp_path):
     """model.keras replaced after training (fine-tuned by hand, say): the old model.onnx no
     longer describes it, so auto predicts with model.keras, the reference."""
-    from catsdogs.bundle import load_keras_model, read_model_info
+    from catsdogs.model_folder import load_keras_model, read_model_info
 
     changed = tmp_path / "changed"
     shutil.copytree(trained_model, changed)
@@ -139,7 +139,7 @@ def test_onnx_of_another_model_keras_is_not_used(trained_model, unseen_photos, t
 
 
 def test_failed_export_leaves_no_file_and_says_why(trained_model, tmp_path, monkeypatch):
-    from catsdogs.bundle import load_keras_model, read_model_info
+    from catsdogs.model_folder import load_keras_model, read_model_info
 
     model = load_keras_model(read_model_info(trained_model))
 

@@ -180,7 +180,7 @@ def test_reader_restores_a_dataset_left_aside(tmp_path, two_sources):
 def test_reader_restores_a_model_left_aside(tmp_path, trained_model):
     import shutil
 
-    from catsdogs.bundle import read_model_info
+    from catsdogs.model_folder import read_model_info
 
     model = tmp_path / "model"
     shutil.copytree(trained_model, tmp_path / f".model.old-{dead_pid()}-0123abcd")

@@ -1,4 +1,5 @@
-"""The model folder: ``model.keras`` + ``model.json`` (+ ``history.csv``), read and checked.
+"""The model folder format: ``model.keras`` + ``model.onnx`` + ``model.json`` + ``history.csv``
++ ``curves.png``, written (:func:`write_model_folder`), read and checked.
 
 ``model.json`` says everything prediction needs besides the weights: the class names, the
 image size and resize policy the model was trained on, and how it was built and trained.
@@ -166,3 +167,23 @@ def load_keras_model(info: ModelInfo):
             f"{info.path}: model has {outputs} outputs for {len(info.classes)} classes"
         )
     return model
+
+
+def write_model_folder(folder: Path, model: Any, info: dict[str, Any],
+                       history: list[dict[str, Any]]) -> None:
+    """Write a complete model folder into ``folder`` (the hidden folder being built):
+    ``model.keras``, ``model.onnx`` when the export works, ``model.json`` (``info`` plus the
+    format and the export's note), ``history.csv`` and ``curves.png``."""
+    import pandas as pd
+
+    from catsdogs.export import export_onnx, fingerprints
+    from catsdogs.plots import curves_png
+
+    model.save(folder / "model.keras")
+    # The same model as ONNX, for fast Keras-free predict; a note when it fails.
+    onnx = export_onnx(model, folder / "model.onnx")
+    if onnx.get("file"):  # tie model.onnx to this model.keras: predict checks both
+        onnx.update(fingerprints(folder))
+    safeio.write_json_atomic(folder / "model.json", {"format": FORMAT, **info, "onnx": onnx})
+    pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
+    curves_png(history, folder / "curves.png")
