@@ -107,6 +107,9 @@ def sample_folder() -> Path:
               default="stretch", show_default=True,
               help="stretch: squash to a square; crop: keep the centre square; "
                    "pad: keep the whole photo with black bars.")
+@click.option("--color", type=click.Choice(["rgb", "gray"]), default="rgb", show_default=True,
+              help="rgb: three channels; gray: one (0.299 R + 0.587 G + 0.114 B), for "
+                   "grayscale networks such as --config mnist or lenet.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Share of photos set aside as a test split "
                                       "(stratified, seeded); train never sees them.")
@@ -118,8 +121,9 @@ def sample_folder() -> Path:
                    "one per 64 photos at most]")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar (it is only drawn on a terminal anyway).")
-def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_fraction: float,
-            seed: int, force: bool, workers: int | None, quiet: bool) -> None:
+def prepare(source: Path | None, out: Path, size: int | None, policy: str, color: str,
+            test_fraction: float, seed: int, force: bool, workers: int | None,
+            quiet: bool) -> None:
     """Find, check and resize the photos in SOURCE into a training-ready dataset.
 
     SOURCE holds one sub-folder per class (cats/, dogs/; any names) or Kaggle-style
@@ -133,6 +137,7 @@ def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_
         catsdogs prepare                              # the built-in sample
         catsdogs prepare ~/PetImages --size 160 --out prepared
         catsdogs prepare ~/PetImages --workers 4 --quiet
+        catsdogs prepare digits/ --size 28 --color gray   # for --config lenet
     """
     from data_prep.prepare import prepare as prepare_dataset
 
@@ -145,7 +150,7 @@ def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_
     try:
         result = prepare_dataset(source, out, size, policy, force=force,
                                  test_fraction=test_fraction, seed=seed, workers=workers,
-                                 progress=bar)
+                                 progress=bar, channels=1 if color == "gray" else 3)
     finally:
         if bar is not None:
             bar.close()
@@ -154,7 +159,8 @@ def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_
         click.echo(f"{out} is already prepared from this source with these options: reused.")
     else:
         rate = (total + len(result.skipped)) / max(result.seconds, 1e-9)
-        click.echo(f"Prepared {total:,} photos ({size}x{size}, {policy}) in "
+        shape = f"{size}x{size}, {policy}" + (", gray" if color == "gray" else "")
+        click.echo(f"Prepared {total:,} photos ({shape}) in "
                    f"{result.seconds:.1f} s ({rate:,.0f} files/s, {result.workers} "
                    f"worker{'s' if result.workers != 1 else ''}) -> {out}")
     for name in result.classes:

@@ -203,6 +203,7 @@ def read_source(data: Path, predictor: Predictor) -> Source:
         paths = manifest["path"].astype(str).to_numpy()[rows].tolist()
         fits = (
             dataset.image_size == predictor.info.image_size
+            and dataset.channels == predictor.info.channels
             and dataset.info.get("resize_policy", "stretch") == predictor.info.resize_policy
         )
         source = Source("dataset", paths, labels, warnings,

@@ -148,7 +148,8 @@ class Predictor:
             from catsdogs.export import ONNX_NAME, OnnxModel
 
             self.model: Any = OnnxModel(
-                self.info.path / ONNX_NAME, self.info.image_size, len(self.classes)
+                self.info.path / ONNX_NAME, self.info.image_size, len(self.classes),
+                self.info.channels,
             )
         else:
             from catsdogs.model_folder import load_keras_model
@@ -160,7 +161,7 @@ class Predictor:
         return self.info.classes
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(n, num_classes) class probabilities for a uint8 batch (n, size, size, 3)."""
+        """(n, num_classes) class probabilities for a uint8 batch (n, size, size, channels)."""
         batch = np.ascontiguousarray(images, dtype="float32")
         if self.engine == "onnx":
             raw = self.model.predict(batch)
@@ -208,7 +209,8 @@ class Predictor:
     def _decode(self, path: Path, problem: str | None) -> tuple[Prediction, np.ndarray | None]:
         if problem is None:
             try:
-                pixels = load_image(path, self.info.image_size, self.info.resize_policy)
+                pixels = load_image(path, self.info.image_size, self.info.resize_policy,
+                                    self.info.channels)
                 return Prediction(str(path)), pixels
             except (ImageError, ValueError) as error:
                 problem = getattr(error, "reason", str(error))

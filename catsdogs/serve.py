@@ -196,7 +196,8 @@ class PhotoService:
         decoded: list[tuple[str, bytes, np.ndarray | None, ImageError | None]] = []
         for name, data in uploads:
             try:
-                pixels = photo_from_bytes(data, info.image_size, info.resize_policy)[0]
+                pixels = photo_from_bytes(data, info.image_size, info.resize_policy,
+                                          info.channels)[0]
                 decoded.append((name, data, pixels, None))
             except ImageError as error:
                 decoded.append((name, data, None, error))

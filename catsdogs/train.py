@@ -431,11 +431,11 @@ def train(
 ) -> TrainResult:
     """Train a classifier on the prepared dataset at ``data`` and save it to ``out``.
 
-    ``model_config.image_size`` and ``num_classes`` are taken from the dataset (the caller's
-    ``model_config`` is not changed). ``on_start(model, device)`` is called once the model is
-    built, ``on_batch(step, steps, logs)`` after every training batch, ``on_epoch(row)`` after
-    every epoch; ``callbacks`` are extra Keras callbacks, run after ours. The weights of the
-    best epoch by ``train_config.monitor`` are the ones saved.
+    ``model_config.image_size``, ``channels`` and ``num_classes`` are taken from the dataset
+    (the caller's ``model_config`` is not changed). ``on_start(model, device)`` is called once
+    the model is built, ``on_batch(step, steps, logs)`` after every training batch,
+    ``on_epoch(row)`` after every epoch; ``callbacks`` are extra Keras callbacks, run after
+    ours. The weights of the best epoch by ``train_config.monitor`` are the ones saved.
 
     With ``resume``, the run interrupted in ``out``'s checkpoint is continued with the
     configuration it was started with (``model_config`` and ``train_config`` are ignored).
@@ -545,12 +545,13 @@ def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
               train_config: TrainConfig, plan: distribute.DistributionPlan, partial: Path,
               state: dict[str, Any] | None) -> Run:
     """The configurations of this run (those of the interrupted run when resuming; image
-    size and classes from the dataset, on a copy of the caller's ``model_config``) and its
-    training/validation split."""
+    size, channels and classes from the dataset, on a copy of the caller's ``model_config``)
+    and its training/validation split."""
     if state is not None:
         model_config = ModelConfig.from_dict(state["model"])
         train_config = TrainConfig.from_dict(state["training"])
     model_config = dataclasses.replace(model_config, image_size=dataset.image_size,
+                                       channels=dataset.channels,
                                        num_classes=len(dataset.classes))
     model_config.validate()
     return Run(data, dataset, model_config, train_config, plan, partial, state,
@@ -642,7 +643,8 @@ def model_info(run: Run) -> dict[str, Any]:
         "classes": dataset.classes,
         "image_size": dataset.image_size,
         "resize_policy": dataset.info.get("resize_policy", "stretch"),
-        "channel_order": "RGB",
+        "channels": dataset.channels,
+        "channel_order": "RGB" if dataset.channels == 3 else "gray",
         "model": run.model_config.to_dict(),
         "training": run.train_config.to_dict(),
         "best_epoch": keeper.best_epoch,

@@ -13,6 +13,7 @@ import pytest
 
 from catsdogs.cli import cli
 from catsdogs.config import ModelConfig, PerBlockError
+from tests.helpers import write_photos
 
 ARTICLE = ["--size", "300", "--blocks", "1", "--filters", "10", "--kernel-size", "5",
            "--dense", "0", "--dropout", "0"]
@@ -194,3 +195,104 @@ def test_train_checks_the_blocks_against_the_dataset_not_a_default_size(runner, 
         "Error: 8 blocks shrink a 24px image to nothing at block 5; use fewer --blocks, a "
         "larger --size or --padding same")
     assert not (tmp_path / "model").exists()
+
+
+# --- Grayscale end to end: prepare --color gray, then train, predict, evaluate, visualize.
+
+def test_a_gray_dataset_is_the_rgb_one_converted_by_the_loader(runner, tiny_dataset, tmp_path):
+    import cv2
+    import numpy as np
+
+    from data_prep.images import load_image
+    from data_prep.store import read_dataset
+
+    for color in ("rgb", "gray"):
+        result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out",
+                                     str(tmp_path / color), "--size", "24", "--color", color])
+        assert result.exit_code == 0, result.output
+    assert result.output.startswith("Prepared 24 photos (24x24, stretch, gray) in ")
+    rgb, gray = read_dataset(tmp_path / "rgb"), read_dataset(tmp_path / "gray")
+    assert (gray.channels, gray.info["channels"], gray.info["channel_order"]) == (1, 1, "gray")
+    assert (rgb.channels, rgb.info["channel_order"]) == (3, "RGB")
+    assert gray.images.shape == (24, 24, 24, 1) and gray.images.dtype == np.uint8
+    converted = np.stack([cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) for image in rgb.images])
+    assert np.array_equal(gray.images[..., 0], converted)
+    first = tiny_dataset / gray.manifest["path"][0].split("/photos/")[-1]
+    assert np.array_equal(load_image(first, 24, channels=1), gray.images[0])
+    # The same source prepared again in gray is reused; in colour it is another dataset.
+    again = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(tmp_path / "gray"),
+                                "--size", "24", "--color", "gray"])
+    assert "is already prepared from this source with these options: reused." in again.output
+    other = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(tmp_path / "gray"),
+                                "--size", "24"])
+    assert other.exit_code == 1 and "--force" in other.output
+
+
+def test_datasets_and_models_from_before_gray_are_rgb(prepared, tmp_path):
+    from catsdogs.model_folder import read_model_info
+    from data_prep.store import read_dataset
+
+    info_path = prepared / "dataset.json"
+    info = json.loads(info_path.read_text())
+    del info["channels"]
+    info_path.write_text(json.dumps(info))
+    assert read_dataset(prepared).channels == 3
+    model = tmp_path / "old_model"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps(
+        {"format": "catsdogs-model/1", "classes": ["cats", "dogs"], "image_size": 24}))
+    assert read_model_info(model).channels == 3
+    (model / "model.json").write_text(json.dumps(
+        {"format": "catsdogs-model/1", "classes": ["cats", "dogs"], "image_size": 24,
+         "channels": 2}))
+    with pytest.raises(ValueError, match="'channels' must be 1 \\(gray\\) or 3 \\(RGB\\)"):
+        read_model_info(model)
+
+
+@pytest.mark.slow
+def test_a_gray_dataset_trains_predicts_and_evaluates(runner, tiny_dataset, unseen_photos,
+                                                      tmp_path):
+    data, model = tmp_path / "gray", tmp_path / "model"
+    result = runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(data), "--size",
+                                 "24", "--color", "gray", "--test-fraction", "0.25"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["train", "--data", str(data), "--out", str(model),
+                                 "--blocks", "2", "--filters", "4,8", "--padding", "same",
+                                 "--dense", "0", "--dropout", "0", "--epochs", "1",
+                                 "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "│ rescale (Rescaling)              │ (None, 24, 24, 1)  " in result.output
+    info = json.loads((model / "model.json").read_text())
+    assert (info["channels"], info["channel_order"], info["model"]["channels"]) == (1, "gray", 1)
+    assert info["onnx"]["file"] == "model.onnx"  # the export follows the channels too
+
+    # Colour photos, converted to gray by the loader; the ONNX and Keras engines agree.
+    photos = [str(path) for path in unseen_photos["cats"] + unseen_photos["dogs"]]
+    answers = {}
+    for engine in ("onnx", "keras"):
+        result = runner.invoke(cli, ["predict", *photos, "--model", str(model), "--json",
+                                     "--engine", engine])
+        assert result.exit_code == 0, result.output
+        answers[engine] = json.loads(result.output)
+    assert [row["path"] for row in answers["onnx"]] == photos
+    for onnx, keras in zip(answers["onnx"], answers["keras"], strict=True):
+        assert onnx["label"] == keras["label"] and onnx["label"] in ("cats", "dogs")
+        assert onnx["probability"] == pytest.approx(keras["probability"], abs=1e-4)
+
+    labelled = tmp_path / "labelled"
+    write_photos(labelled / "cats", "cat", 4, seed=31)
+    write_photos(labelled / "dogs", "dog", 4, seed=32)
+    for source, count in ((data, 6), (labelled, 8)):
+        out = tmp_path / f"evaluation_{count}"
+        result = runner.invoke(cli, ["evaluate", str(source), "--model", str(model), "--out",
+                                     str(out)])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"Evaluated {count} photos from {source}")
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert 0.0 <= metrics["accuracy"] <= 1.0
+        assert (out / "mistakes.png").is_file()
+
+    result = runner.invoke(cli, ["visualize", photos[0], "--model", str(model), "--out",
+                                 str(tmp_path / "visualization")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "visualization" / "heatmap.png").is_file()
