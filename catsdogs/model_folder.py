@@ -163,8 +163,8 @@ def load_keras_model(info: ModelInfo):
                          "image input and output") from None
     if shape != expected:
         raise ValueError(
-            f"{info.path}/model.json says {info.image_size}px images of {info.channels} "
-            f"channel{'s' if info.channels != 1 else ''} but the model "
+            f"{info.path}/model.json says {info.image_size}px "
+            f"{'gray ' if info.channels == 1 else ''}images but the model "
             f"expects input {shape}"
         )
     if outputs != (1 if len(info.classes) == 2 else len(info.classes)):

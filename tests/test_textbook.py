@@ -296,3 +296,24 @@ def test_a_gray_dataset_trains_predicts_and_evaluates(runner, tiny_dataset, unse
                                  str(tmp_path / "visualization")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "visualization" / "heatmap.png").is_file()
+
+
+def test_a_model_json_whose_channels_are_not_the_models_is_one_clear_line(
+        runner, trained_model, unseen_photos, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    meta = model / "model.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "channels": 1}))
+    photo = str(unseen_photos["cats"][0])
+    result = runner.invoke(cli, ["predict", photo, "--model", str(model), "--engine", "keras"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"Error: {model}/model.json says 24px gray images but the model expects input "
+        "(24, 24, 3)")
+    result = runner.invoke(cli, ["predict", photo, "--model", str(model), "--engine", "onnx"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"Error: {model}/model.onnx expects input (24, 24, 3) but model.json says 24x24 gray "
+        "images")
