@@ -120,7 +120,9 @@ def test_relative_links_point_to_files_that_exist(page):
 
 
 def test_readme_keeps_the_ci_test_command():
-    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    ci = [line for line in lines if line.startswith("python3 -m venv .venv &&")]
+    assert len(ci) == 1 and "python -m pytest" in ci[0]
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert ci in readme
+    assert ci[0] in readme
     assert 'python -m pytest -m "not slow"' in readme
