@@ -400,6 +400,10 @@ ENGINE_HELP = ("onnx: model.onnx with onnxruntime (fast start, no TensorFlow); k
                "model.keras; auto: onnx when the model folder has it.")
 
 
+TTA_HELP = ("Test-time augmentation: average the probabilities of each photo and of its "
+            "mirror image (twice the model work).")
+
+
 def model_option(function: Callable) -> Callable:
     return click.option("--model", "-m", "model_dir", type=click.Path(path_type=Path),
                         default=DEFAULT_MODEL, show_default=True,
@@ -421,8 +425,10 @@ def model_option(function: Callable) -> Callable:
               help="Photos decoded and predicted together.")
 @click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
               show_default=True, help=ENGINE_HELP)
+@click.option("--tta", is_flag=True, help=TTA_HELP)
 def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool,
-            threshold: float | None, top: int | None, batch_size: int, engine: str) -> None:
+            threshold: float | None, top: int | None, batch_size: int, engine: str,
+            tta: bool) -> None:
     """Say which class each photo is, and how sure the model is.
 
     PATHS are photos, folders of photos (searched recursively) or glob patterns
@@ -435,6 +441,7 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
         catsdogs predict photo.jpg
         catsdogs predict holiday/ 'more/*.png' --json > answers.json
         catsdogs predict holiday/ --csv --threshold 0.8 > answers.csv
+        catsdogs predict photo.jpg --tta
     """
     from catsdogs.predict import Predictor
     from data_prep.discover import printable
@@ -452,7 +459,7 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
     output = PredictionOutput(classes, "csv" if as_csv else "json" if as_json else "lines", top)
     failed = 0
     for prediction in predictor.predict_paths(paths, batch_size=batch_size,
-                                              threshold=threshold, top=top):
+                                              threshold=threshold, top=top, tta=tta):
         if prediction.error is not None:
             failed += 1
             click.echo(f"error: {printable(prediction.path)}: {prediction.error}", err=True)
@@ -523,8 +530,11 @@ def percent(value: float | None) -> str:
 @click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
               show_default=True, help=ENGINE_HELP)
 @click.option("--force", is_flag=True, help="Replace an evaluation already in --out.")
+@click.option("--tta", is_flag=True,
+              help="Also report the figures with test-time augmentation: each photo and its "
+                   "mirror image averaged (both predicted in one pass).")
 def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | None,
-             batch_size: int, engine: str, force: bool) -> None:
+             batch_size: int, engine: str, force: bool, tta: bool) -> None:
     """Measure the model on labelled photos it has not trained on.
 
     DATA is a folder of labelled photos (any layout prepare accepts) or a prepared
@@ -537,12 +547,13 @@ def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | N
     Example:
         catsdogs evaluate ~/held_out_photos
         catsdogs evaluate prepared --model model --out evaluation --force
+        catsdogs evaluate prepared --tta
     """
     from catsdogs.evaluate import evaluate as evaluate_model
 
     data = data if data is not None else Path(DEFAULT_DATA)
     result = evaluate_model(data, model_dir, out, engine=engine, batch_size=batch_size,
-                            threshold=threshold, force=force)
+                            threshold=threshold, force=force, tta=tta)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     for path, reason in result.unreadable[:5]:
@@ -557,6 +568,10 @@ def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | N
     auc = metrics["roc_auc"]
     click.echo(f"ROC AUC   {'n/a (one class present)' if auc is None else f'{auc:.4f}'}")
     click.echo(f"log loss  {metrics['log_loss']:.4f}")
+    if metrics.get("tta"):
+        augmented = metrics["tta"]
+        click.echo(f"accuracy with TTA ({augmented['augmentation']})  "
+                   f"{augmented['accuracy']:.4f}   log loss {augmented['log_loss']:.4f}")
     width = max(8, *(len(name) for name in classes))
     click.echo("")
     click.echo(f"{'class':<{width}}  precision  recall     f1  photos")
