@@ -83,6 +83,37 @@ def test_scores_average_the_photo_and_its_mirror_in_one_call():
     assert np.allclose(averaged, 0.5)  # this model is antisymmetric: its mean is even
 
 
+class ThreeColumns(LeftHeavy):
+    """A three-class stand-in: how bright the first, middle and last columns are."""
+
+    @property
+    def classes(self) -> list[str]:
+        return ["a", "b", "c"]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=float)
+        columns = np.stack([images[:, :, 0].mean(axis=(1, 2)), images[:, :, 1].mean(axis=(1, 2)),
+                            images[:, :, -1].mean(axis=(1, 2))], axis=1) + 1.0
+        return columns / columns.sum(axis=1, keepdims=True)
+
+
+def test_tta_averages_probability_vectors_of_any_number_of_classes():
+    model = ThreeColumns()
+    images = np.zeros((2, 3, 3, 1), dtype=np.uint8)
+    images[0, :, 0] = 90  # bright on the left
+    images[1, :, 2] = 60  # bright on the right
+    averaged, plain = model.scores(images, tta=True)
+    assert plain[:, 0].tolist() != plain[:, 2].tolist()
+    expected = (model.probabilities(images) + model.probabilities(images[:, :, ::-1])) / 2
+    assert np.allclose(averaged, expected)
+    assert np.allclose(averaged.sum(axis=1), 1.0)
+    assert np.allclose(averaged[:, 0], averaged[:, 2])  # the first and last column swap
+    rows = model.predict_images(images, ["left", "right"], top=2, tta=True)
+    assert [row.plain_scores.tolist() for row in rows] == plain.tolist()
+    assert rows[0].probabilities == {name: round(float(p), 6)
+                                     for name, p in zip("abc", averaged[0], strict=True)}
+
+
 def test_serve_reads_the_tta_query_parameter():
     assert parse_options({"tta": "1"}, ["cats", "dogs"]).tta is True
     assert parse_options({}, ["cats", "dogs"]).tta is False
