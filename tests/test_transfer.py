@@ -203,3 +203,29 @@ def test_backbone_train_fine_tune_then_every_command(runner, prepared32, tmp_pat
                                  "--out", str(tmp_path / "evaluation")])
     assert_clean_exit(result, 0)
     assert "Evaluated 24 photos" in result.output
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_while_fine_tuning_resumes_in_that_stage(prepared32, tmp_path):
+    """The checkpoint of the fine-tuning stage is restored into the fine-tuning stage (the
+    top of the backbone unfrozen, its optimizer, its rate): the resumed epochs give the same
+    metrics as an uninterrupted run."""
+    from catsdogs.config import TrainConfig
+    from catsdogs.train import train
+    from tests.test_train_control import InterruptAfter
+
+    model = ModelConfig(backbone="mobilenet_v3_small", dropout_rate=0.0)
+    config = TrainConfig(epochs=1, fine_tune_epochs=2, fine_tune_layers=12, batch_size=8,
+                         augment=False, weights="none", seed=7)
+    whole = train(prepared32, tmp_path / "whole", model, config)
+    stopped = train(prepared32, tmp_path / "split", model, config,
+                    callbacks=[InterruptAfter(2)])
+    assert stopped.interrupted and stopped.epochs_run == 2
+    resumed = train(prepared32, tmp_path / "split", model, config, resume=True)
+    assert not resumed.interrupted and resumed.resumed_from == 2 and resumed.fine_tune_from == 2
+    assert [row["learning_rate"] for row in resumed.history[1:]] == pytest.approx([1e-5, 1e-5])
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        for key in ("loss", "val_loss"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a, b)
+    info = json.loads((tmp_path / "split" / "model.json").read_text())
+    assert info["fine_tuned_layers"] > 0 and info["epochs_run"] == 3
