@@ -229,3 +229,14 @@ def test_a_run_interrupted_while_fine_tuning_resumes_in_that_stage(prepared32, t
             assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a, b)
     info = json.loads((tmp_path / "split" / "model.json").read_text())
     assert info["fine_tuned_layers"] > 0 and info["epochs_run"] == 3
+
+
+def test_the_transfer_recipe(runner):
+    result = runner.invoke(cli, ["train", "--config", "transfer", "--print-config"])
+    assert_clean_exit(result, 0)
+    for line in ('backbone = "mobilenet_v3_small"', "epochs = 10", "fine-tune-epochs = 5",
+                 'weights = "imagenet"'):
+        assert line in result.output.splitlines(), line
+    result = runner.invoke(cli, ["summary", "--config", "transfer", "--size", "64"])
+    assert_clean_exit(result, 0)
+    assert "MobileNetV3Small (Functional)" in result.output  # built without downloading
