@@ -93,6 +93,8 @@ def download_imagenet(name: str) -> Path:
     except Exception as error:  # urllib, OSError, hash mismatch: all mean "no weights"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else \
             type(error).__name__
+        # Keras' "URL fetch failure on <url>: None -- [Errno -2] ...": the URL is said below
+        reason = reason.rsplit(" -- ", 1)[-1]
         raise ValueError(
             f"cannot download the ImageNet weights of {name} ({reason}); download {spec.origin} "
             f"on a machine with network access and pass the file with --weights FILE, or use "

@@ -65,7 +65,7 @@ def test_imagenet_weights_without_network_is_one_line(runner, prepared32, tmp_pa
     assert_clean_exit(result, 1)
     [error] = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert error.startswith("Error: cannot download the ImageNet weights of mobilenet_v3_small "
-                            "(URL fetch failure")
+                            "([Errno -3] Temporary failure in name resolution); download ")
     assert ("https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/"
             "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5" in error)
     assert error.endswith("pass the file with --weights FILE, or use --weights none to start "
@@ -157,12 +157,30 @@ def test_efficientnet_model_exports_to_onnx(tmp_path):
 
 @pytest.mark.slow
 def test_backbone_train_fine_tune_then_every_command(runner, prepared32, tmp_path):
+    """Trained from a weights file the test writes: the layers below the fine-tuned top
+    still hold the file's weights, and every command works on the model."""
+    from catsdogs.backbone import build_backbone, find_backbone
+
+    keras = keras_module()
+    keras.utils.set_random_seed(5)
+    source = build_backbone("mobilenet_v3_small", 32, "none")
+    weights = tmp_path / "backbone.weights.h5"
+    source.save_weights(str(weights))
     out = tmp_path / "model"
     result = runner.invoke(cli, [
         "train", "--data", str(prepared32), "--out", str(out), "--backbone",
-        "mobilenet_v3_small", "--weights", "none", "--epochs", "1", "--fine-tune-epochs", "1",
-        "--fine-tune-layers", "12", "--batch-size", "8", "--no-augment"])
+        "mobilenet_v3_small", "--weights", str(weights), "--epochs", "1",
+        "--fine-tune-epochs", "1", "--fine-tune-layers", "12", "--batch-size", "8",
+        "--no-augment"])
     assert_clean_exit(result, 0)
+    saved = find_backbone(keras.saving.load_model(out / "model.keras", compile=False))
+    assert len(saved.layers) == len(source.layers)
+    for layer, original in zip(saved.layers[:-12], source.layers, strict=False):
+        for got, expected in zip(layer.get_weights(), original.get_weights(), strict=True):
+            np.testing.assert_array_equal(got, expected)  # frozen in both stages
+    assert any(not np.array_equal(layer.get_weights()[0], original.get_weights()[0])
+               for layer, original in zip(saved.layers[-12:], source.layers[-12:], strict=True)
+               if layer.trainable_weights)  # fine-tuned
     lines = result.output.splitlines()
     assert any(line.startswith("│ MobileNetV3Small (Functional)") for line in lines)
     assert "Fine-tuning: the top of the backbone is trained too from here, at " \
@@ -171,7 +189,7 @@ def test_backbone_train_fine_tune_then_every_command(runner, prepared32, tmp_pat
                                                                          "epoch   2/2 "]
     info = json.loads((out / "model.json").read_text())
     assert info["model"]["backbone"] == "mobilenet_v3_small"
-    assert info["training"]["weights"] == "none" and info["fine_tuned_layers"] > 0
+    assert info["training"]["weights"] == str(weights) and info["fine_tuned_layers"] > 0
     assert info["onnx"]["file"] == "model.onnx"
     history = (out / "history.csv").read_text().splitlines()
     rates = [float(row.split(",")[history[0].split(",").index("learning_rate")])
