@@ -287,6 +287,13 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     if print_config:
         click.echo(recipe_text("train", model_config, train_config), nl=False)
         return
+    if model_config.backbone == "none":
+        from click.core import ParameterSource
+
+        for name in ("weights", "fine_tune_layers", "fine_tune_learning_rate"):
+            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+                click.echo(f"note: --{name.replace('_', '-')} is only used with --backbone",
+                           err=True)
     for key, value, path in ignored_settings(ctx):
         click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
                    "prepared dataset", err=True)

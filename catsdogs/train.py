@@ -1,8 +1,9 @@
 """``train(data, out, model_config, train_config)``: fit, keep the best epoch, save the model.
 
 The run reads as its steps: :func:`load_resume_state` → :func:`start_run` (configurations
-and split) → :func:`make_batches` → :func:`build_and_compile` → :func:`make_callbacks` →
-:func:`fit_model` → :func:`catsdogs.model_folder.write_model_folder`, all inside one
+and split) → :func:`make_batches` → :func:`class_balance` → :func:`build_and_compile` →
+:func:`make_callbacks` → :func:`fit_model` (→ :func:`fine_tune`, the second stage of a
+pretrained backbone) → :func:`catsdogs.model_folder.write_model_folder`, all inside one
 :func:`data_prep.safeio.output_folder` (the lock of ``out``, built aside, published whole).
 While it runs, a checkpoint (weights, optimizer state, epoch, history) is kept after every
 epoch in a hidden sibling of ``out`` (``.model.partial/`` beside ``model/``), never

@@ -42,7 +42,8 @@ def test_backbone_needs_32_px_and_fine_tuning_needs_a_backbone(runner, prepared,
     assert_clean_exit(result, 1, "Error: --backbone mobilenet_v3_small needs images of at "
                                  "least 32 px, got 24 px; prepare them with --size 32 or more")
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
-                                 "--blocks", "1", "--fine-tune-epochs", "2"])
+                                 "--blocks", "1", "--fine-tune-epochs", "2", "--weights", "none"])
+    assert "note: --weights is only used with --backbone" in result.output.splitlines()
     assert_clean_exit(result, 1, "Error: --fine-tune-epochs fine-tunes a pretrained backbone: "
                                  "use it with --backbone")
     assert not out.exists()
