@@ -547,6 +547,7 @@ class Run:
     interrupted: bool = False
     balance: ClassBalance | None = None
     fine_tuned_layers: int = 0
+    checkpoint_static: dict[str, Any] | None = None  # what every checkpoint's state.json says
 
     @property
     def initial_epoch(self) -> int:
@@ -664,7 +665,9 @@ def make_callbacks(run: Run, hooks: Hooks) -> list[Any]:
         "model": run.model_config.to_dict(),
         "training": config.to_dict(),
         "dataset_fingerprint": run.dataset.info.get("fingerprint"),
+        "fine_tuning": bool(run.fine_tuned_layers),  # a checkpoint of the second stage
     }
+    run.checkpoint_static = static
     ours: list[Any] = [run.keeper]
     if plateau is not None:
         ours.append(plateau)
@@ -694,7 +697,7 @@ def fit(run: Run, hooks: Hooks, out: Path) -> None:
             run.model, run.trainer = build_and_compile(
                 run.model_config, config, steps_per_epoch, run.precision,
                 weights=None if run.state else config.weights)
-            if fine_tuning(run) and run.initial_epoch >= config.epochs:
+            if fine_tuning(run) and run.state and run.state.get("fine_tuning"):
                 start_fine_tuning(run)  # resumed in the fine-tuning stage
         # Weights + optimizer state + archive overhead: refuse a too-full disk now, not
         # after training.
@@ -748,6 +751,8 @@ def start_fine_tuning(run: Run) -> None:
     run.fine_tuned_layers = unfreeze_top(run.model, config.fine_tune_layers)
     compile_trainer(run.trainer, run.model_config, config, config.fine_tune_learning_rate,
                     run.precision)
+    if run.checkpoint_static is not None:  # later checkpoints are of this stage
+        run.checkpoint_static["fine_tuning"] = True
 
 
 def fine_tune(run: Run, train_batches: Any, val_batches: Any, callbacks: Sequence[Any]) -> bool:
@@ -759,7 +764,7 @@ def fine_tune(run: Run, train_batches: Any, val_batches: Any, callbacks: Sequenc
     start = max(run.initial_epoch, config.epochs)
     if start >= total:
         return False
-    if run.initial_epoch < config.epochs:  # the frozen stage has just run
+    if not run.fine_tuned_layers:  # the frozen stage has just run (or was resumed at its end)
         run.keeper.restore()
         start_fine_tuning(run)
     run.keeper.stage_start = config.epochs

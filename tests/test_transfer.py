@@ -248,6 +248,13 @@ def test_a_run_interrupted_while_fine_tuning_resumes_in_that_stage(prepared32, t
             assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a, b)
     info = json.loads((tmp_path / "split" / "model.json").read_text())
     assert info["fine_tuned_layers"] > 0 and info["epochs_run"] == 3
+    # Interrupted at the end of the frozen stage: the resumed run starts the second stage
+    # from the best epoch, as an uninterrupted run does.
+    train(prepared32, tmp_path / "boundary", model, config, callbacks=[InterruptAfter(1)])
+    resumed = train(prepared32, tmp_path / "boundary", model, config, resume=True)
+    assert resumed.resumed_from == 1 and resumed.epochs_run == 3
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), (a, b)
 
 
 def test_the_transfer_recipe(runner):
