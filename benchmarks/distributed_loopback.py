@@ -1,5 +1,5 @@
 """Images/s of `catsdogs train` on one worker vs two MultiWorkerMirroredStrategy workers on
-127.0.0.1 of the same machine (#7).
+127.0.0.1 of the same machine.
 
     python benchmarks/distributed_loopback.py PREPARED_DIR [--epochs 3] [train options...]
 

@@ -1,4 +1,4 @@
-"""Training images/s of finished `catsdogs train` runs, from their model folders (#7).
+"""Training images/s of finished `catsdogs train` runs, from their model folders.
 
     python benchmarks/train_rate.py MODEL_DIR [MODEL_DIR...]
 

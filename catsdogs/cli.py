@@ -107,6 +107,9 @@ def sample_folder() -> Path:
               default="stretch", show_default=True,
               help="stretch: squash to a square; crop: keep the centre square; "
                    "pad: keep the whole photo with black bars.")
+@click.option("--color", type=click.Choice(["rgb", "gray"]), default="rgb", show_default=True,
+              help="rgb: three channels; gray: one (0.299 R + 0.587 G + 0.114 B), for "
+                   "grayscale networks such as --config mnist or lenet.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Share of photos set aside as a test split "
                                       "(stratified, seeded); train never sees them.")
@@ -118,8 +121,9 @@ def sample_folder() -> Path:
                    "one per 64 photos at most]")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bar (it is only drawn on a terminal anyway).")
-def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_fraction: float,
-            seed: int, force: bool, workers: int | None, quiet: bool) -> None:
+def prepare(source: Path | None, out: Path, size: int | None, policy: str, color: str,
+            test_fraction: float, seed: int, force: bool, workers: int | None,
+            quiet: bool) -> None:
     """Find, check and resize the photos in SOURCE into a training-ready dataset.
 
     SOURCE holds one sub-folder per class (cats/, dogs/; any names) or Kaggle-style
@@ -133,6 +137,7 @@ def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_
         catsdogs prepare                              # the built-in sample
         catsdogs prepare ~/PetImages --size 160 --out prepared
         catsdogs prepare ~/PetImages --workers 4 --quiet
+        catsdogs prepare digits/ --size 28 --color gray   # for --config lenet
     """
     from data_prep.prepare import prepare as prepare_dataset
 
@@ -145,7 +150,7 @@ def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_
     try:
         result = prepare_dataset(source, out, size, policy, force=force,
                                  test_fraction=test_fraction, seed=seed, workers=workers,
-                                 progress=bar)
+                                 progress=bar, channels=1 if color == "gray" else 3)
     finally:
         if bar is not None:
             bar.close()
@@ -154,7 +159,8 @@ def prepare(source: Path | None, out: Path, size: int | None, policy: str, test_
         click.echo(f"{out} is already prepared from this source with these options: reused.")
     else:
         rate = (total + len(result.skipped)) / max(result.seconds, 1e-9)
-        click.echo(f"Prepared {total:,} photos ({size}x{size}, {policy}) in "
+        shape = f"{size}x{size}, {policy}" + (", gray" if color == "gray" else "")
+        click.echo(f"Prepared {total:,} photos ({shape}) in "
                    f"{result.seconds:.1f} s ({rate:,.0f} files/s, {result.workers} "
                    f"worker{'s' if result.workers != 1 else ''}) -> {out}")
     for name in result.classes:
@@ -228,8 +234,13 @@ def summary(print_config: bool, **settings: Any) -> None:
     Example:
         catsdogs summary                       # the default recipe's model
         catsdogs summary --size 300 --blocks 1 --filters 10 --kernel-size 5 \\
-            --dense 0                          # the classic article's model: 219,801
-        catsdogs summary --config article   # the same, from a recipe file
+            --dense 0                          # the classic Keras article's model: 219,801
+        catsdogs summary --config article      # the same, from a built-in recipe
+        catsdogs summary --size 28 --channels 1 --classes 10 --blocks 2 \\
+            --filters 6,16 --kernel-size 5 --padding same,valid --pool avg \\
+            --activation sigmoid --dense 120,84 --dropout 0 --no-batch-norm
+                                               # LeNet on 28x28 gray digits: 61,706
+        catsdogs summary --config lenet        # the same, from a built-in recipe
     """
     from catsdogs.model import build_model, summary_lines
 
@@ -283,7 +294,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     """
     from catsdogs.train import train as train_model
 
-    model_config, train_config, _ = configs_from(settings)
+    # The image size and channels come from the dataset: train checks the blocks fit them.
+    model_config, train_config, _ = configs_from(settings, check_size=False)
     if print_config:
         click.echo(recipe_text("train", model_config, train_config), nl=False)
         return
@@ -430,6 +442,10 @@ ENGINE_HELP = ("onnx: model.onnx with onnxruntime (fast start, no TensorFlow); k
                "model.keras; auto: onnx when the model folder has it.")
 
 
+TTA_HELP = ("Test-time augmentation: average the probabilities of each photo and of its "
+            "mirror image (twice the model work).")
+
+
 def model_option(function: Callable) -> Callable:
     return click.option("--model", "-m", "model_dir", type=click.Path(path_type=Path),
                         default=DEFAULT_MODEL, show_default=True,
@@ -451,8 +467,10 @@ def model_option(function: Callable) -> Callable:
               help="Photos decoded and predicted together.")
 @click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
               show_default=True, help=ENGINE_HELP)
+@click.option("--tta", is_flag=True, help=TTA_HELP)
 def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool,
-            threshold: float | None, top: int | None, batch_size: int, engine: str) -> None:
+            threshold: float | None, top: int | None, batch_size: int, engine: str,
+            tta: bool) -> None:
     """Say which class each photo is, and how sure the model is.
 
     PATHS are photos, folders of photos (searched recursively) or glob patterns
@@ -465,6 +483,7 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
         catsdogs predict photo.jpg
         catsdogs predict holiday/ 'more/*.png' --json > answers.json
         catsdogs predict holiday/ --csv --threshold 0.8 > answers.csv
+        catsdogs predict photo.jpg --tta
     """
     from catsdogs.predict import Predictor
     from data_prep.discover import printable
@@ -482,7 +501,7 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
     output = PredictionOutput(classes, "csv" if as_csv else "json" if as_json else "lines", top)
     failed = 0
     for prediction in predictor.predict_paths(paths, batch_size=batch_size,
-                                              threshold=threshold, top=top):
+                                              threshold=threshold, top=top, tta=tta):
         if prediction.error is not None:
             failed += 1
             click.echo(f"error: {printable(prediction.path)}: {prediction.error}", err=True)
@@ -553,8 +572,11 @@ def percent(value: float | None) -> str:
 @click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
               show_default=True, help=ENGINE_HELP)
 @click.option("--force", is_flag=True, help="Replace an evaluation already in --out.")
+@click.option("--tta", is_flag=True,
+              help="Also report the figures with test-time augmentation: each photo and its "
+                   "mirror image averaged (both predicted in one pass).")
 def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | None,
-             batch_size: int, engine: str, force: bool) -> None:
+             batch_size: int, engine: str, force: bool, tta: bool) -> None:
     """Measure the model on labelled photos it has not trained on.
 
     DATA is a folder of labelled photos (any layout prepare accepts) or a prepared
@@ -567,12 +589,13 @@ def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | N
     Example:
         catsdogs evaluate ~/held_out_photos
         catsdogs evaluate prepared --model model --out evaluation --force
+        catsdogs evaluate prepared --tta
     """
     from catsdogs.evaluate import evaluate as evaluate_model
 
     data = data if data is not None else Path(DEFAULT_DATA)
     result = evaluate_model(data, model_dir, out, engine=engine, batch_size=batch_size,
-                            threshold=threshold, force=force)
+                            threshold=threshold, force=force, tta=tta)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     for path, reason in result.unreadable[:5]:
@@ -590,6 +613,10 @@ def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | N
     auc = metrics["roc_auc"]
     click.echo(f"ROC AUC   {'n/a (one class present)' if auc is None else f'{auc:.4f}'}")
     click.echo(f"log loss  {metrics['log_loss']:.4f}")
+    if metrics.get("tta"):
+        augmented = metrics["tta"]
+        click.echo(f"accuracy with TTA ({augmented['augmentation']})  "
+                   f"{augmented['accuracy']:.4f}   log loss {augmented['log_loss']:.4f}")
     width = max(8, *(len(name) for name in classes))
     click.echo("")
     click.echo(f"{'class':<{width}}  precision  recall     f1  photos")

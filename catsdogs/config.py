@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import InitVar, asdict, dataclass, fields
 from typing import Any
 
-ACTIVATIONS = ("relu", "gelu", "silu", "elu", "selu", "tanh", "leaky_relu")
+ACTIVATIONS = ("relu", "gelu", "silu", "elu", "selu", "tanh", "leaky_relu", "sigmoid", "linear")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PADDINGS = ("valid", "same")
+POOLS = ("max", "avg")
+CHANNELS = (1, 3)
 HEADS = ("flatten", "gap")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
@@ -43,7 +45,7 @@ def setting(
     max: float | None = None,
     min_open: bool = False,
     max_open: bool = False,
-    choices: tuple[str, ...] | None = None,
+    choices: tuple[Any, ...] | None = None,
     default_text: str | None = None,
     zero_means_none: bool = False,
     commands: tuple[str, ...] = TRAIN_AND_SUMMARY,
@@ -55,6 +57,7 @@ def setting(
     tuple), exclusive where ``min_open``/``max_open``; ``choices`` lists the allowed strings.
     ``default_text`` is shown instead of the default in help; ``zero_means_none`` lets a
     tuple be given as ``0`` for "none". ``commands`` are those that take the option.
+    Choices may be numbers (``(1, 3)``) for a whole-number setting.
     """
     metadata = {
         "help": help, "option": option, "min": min, "max": max, "min_open": min_open,
@@ -73,7 +76,8 @@ class Setting:
     field: str
     option: str
     # "int", "float", "str", "bool", "bool|None" (None: auto), "tuple[int]" (a list of
-    # whole numbers) or "int|tuple[int]" (one number, or one per block: ``6,16``)
+    # whole numbers), "int|tuple[int]" (one number, or one per block: ``6,16``) or
+    # "str|tuple[str]" (one string, or one per block: ``same,valid``)
     kind: str
     default: Any
     help: str
@@ -81,20 +85,22 @@ class Setting:
     max: float | None
     min_open: bool
     max_open: bool
-    choices: tuple[str, ...] | None
+    choices: tuple[Any, ...] | None
     default_text: str | None
     zero_means_none: bool
     commands: tuple[str, ...]
     group: str  # "model" or "training"
 
     def check(self, value: Any) -> None:
-        """Raise ValueError when ``value`` is outside the bounds or choices."""
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{self.option} must be one of {', '.join(self.choices)}, "
-                             f"got {value!r}")
-        numbers = value if isinstance(value, tuple) else (value,)
+        """Raise ValueError when ``value`` (or an element of a tuple) is outside the bounds or
+        choices."""
+        items = value if isinstance(value, tuple) else (value,)
+        if self.choices is not None and any(item not in self.choices for item in items):
+            raise ValueError(f"{self.option} must be one of "
+                             f"{', '.join(map(str, self.choices))}, got {value!r}")
         if self.kind not in ("int", "float", "tuple[int]", "int|tuple[int]"):
             return
+        numbers = items
         for number in numbers:
             if self.min is not None and (number <= self.min if self.min_open
                                          else number < self.min):
@@ -108,8 +114,9 @@ class Setting:
 
 KINDS = {"int": "int", "float": "float", "str": "str", "bool": "bool",
          "bool | None": "bool|None", "tuple[int, ...]": "tuple[int]",
-         "int | tuple[int, ...]": "int|tuple[int]"}
+         "int | tuple[int, ...]": "int|tuple[int]", "str | tuple[str, ...]": "str|tuple[str]"}
 LIST_KINDS = ("tuple[int]", "int|tuple[int]")
+PER_BLOCK_KINDS = ("int|tuple[int]", "str|tuple[str]")
 
 
 @functools.cache
@@ -144,31 +151,58 @@ def check_settings(config: Any) -> None:
         value = getattr(config, item.field)
         if item.kind in LIST_KINDS and isinstance(value, (list, tuple)):
             setattr(config, item.field, tuple(int(unit) for unit in value))
+        elif item.kind == "str|tuple[str]" and isinstance(value, (list, tuple)):
+            setattr(config, item.field, tuple(str(unit) for unit in value))
         item.check(getattr(config, item.field))
+
+
+class PerBlockError(ValueError):
+    """A per-block setting given as a list whose length is not the number of blocks."""
+
+    def __init__(self, option: str, count: int, blocks: int) -> None:
+        self.option = option
+        self.detail = (f"{count} values for {blocks} block{'s' if blocks != 1 else ''}: "
+                       "give one value, or one per block")
+        super().__init__(f"{option}: {self.detail}")
 
 
 @dataclass
 class ModelConfig:
-    """The architecture: ``blocks`` × (Conv2D [+ BatchNorm] + MaxPooling2D), a head, the output.
+    """The architecture: ``blocks`` × (Conv2D [+ BatchNorm] + pooling), a head, the output.
 
     The defaults are the default recipe, a model that learns cats from dogs on a CPU; the
     classic Keras article's model is
     ``ModelConfig(image_size=300, blocks=1, filters=10, kernel_size=5, dense=(), dropout_rate=0)``.
     ``batch_norm=None`` means "auto": on for ``BATCH_NORM_AUTO_BLOCKS`` blocks or more.
+    ``filters``, ``kernel_size`` and ``padding`` take one value, or a tuple of one per block
+    (LeNet: ``filters=(6, 16), kernel_size=5, padding=("same", "valid")``).
+
+    ``check_size=False`` leaves out the check that the blocks fit ``image_size`` (``train``
+    learns the size from the dataset, and checks then).
     """
 
     image_size: int = setting(
         128, "Side in pixels of the square input images.", option="size", min=8, max=2048,
         commands=("summary",))
+    channels: int = setting(
+        3, "Channels of the input images: 3 for colour (RGB), 1 for gray.", choices=CHANNELS,
+        commands=("summary",))
     num_classes: int = setting(
         2, "Number of classes.", option="classes", min=2, commands=("summary",))
-    blocks: int = setting(5, "Number of Conv2D + MaxPooling2D blocks.", min=1, max=10)
-    filters: int = setting(
-        16, "Filters of the first Conv2D; each later block doubles them.", min=1, max=1024)
-    kernel_size: int = setting(3, "Side of the square convolution kernels.", min=1, max=15)
-    pool_size: int = setting(2, "Side of the max-pooling windows.", min=1, max=8)
-    padding: str = setting("valid", "Convolution padding.", choices=PADDINGS)
-    activation: str = setting("relu", "Activation of the hidden layers.", choices=ACTIVATIONS)
+    blocks: int = setting(5, "Number of Conv2D + pooling blocks.", min=1, max=10)
+    filters: int | tuple[int, ...] = setting(
+        16, "Filters of the first Conv2D, each later block doubling them; or one number per "
+        "block (6,16).", min=1, max=1024)
+    kernel_size: int | tuple[int, ...] = setting(
+        3, "Side of the square convolution kernels; or one per block (5,5).", min=1, max=15)
+    pool_size: int = setting(2, "Side of the pooling windows.", min=1, max=8)
+    pool: str = setting("max", "Pooling after each block: max or avg (average).",
+                        choices=POOLS)
+    padding: str | tuple[str, ...] = setting(
+        "valid", "Convolution padding; or one per block (same,valid).", choices=PADDINGS)
+    activation: str = setting(
+        "relu", "Activation of the convolutions and of the hidden Dense layers.",
+        choices=ACTIVATIONS)
     dense: tuple[int, ...] = setting(
         (), "Comma-separated units of hidden Dense layers; 0 for none.", min=1,
         zero_means_none=True)
@@ -184,11 +218,12 @@ class ModelConfig:
     backbone: str = setting(
         "none", "A pretrained network from Keras Applications in place of the convolution "
         "blocks (which the block settings then do not shape), with a new head: global "
-        "average pooling, --dense, --dropout, the output. Needs images of at least "
+        "average pooling, --dense, --dropout, the output. Needs RGB images of at least "
         f"{BACKBONE_MIN_SIZE} px.", choices=BACKBONES)
+    check_size: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
-        self.validate()
+    def __post_init__(self, check_size: bool) -> None:
+        self.validate(check_size)
 
     @property
     def use_batch_norm(self) -> bool:
@@ -197,19 +232,54 @@ class ModelConfig:
             return self.blocks >= BATCH_NORM_AUTO_BLOCKS
         return bool(self.batch_norm)
 
-    def validate(self) -> None:
+    def block_filters(self) -> tuple[int, ...]:
+        """The filters of each block's Conv2D: as given, or doubling from ``filters``."""
+        if isinstance(self.filters, tuple):
+            return self.filters
+        return tuple(self.filters * 2**block for block in range(self.blocks))
+
+    def block_kernel_sizes(self) -> tuple[int, ...]:
+        """The kernel side of each block's Conv2D."""
+        return per_block(self.kernel_size, self.blocks)
+
+    def block_paddings(self) -> tuple[str, ...]:
+        """The padding of each block's Conv2D."""
+        return per_block(self.padding, self.blocks)
+
+    def validate(self, check_size: bool = True) -> None:
+        """Raise ValueError on a setting out of bounds, a per-block list that does not have
+        one value per block (:class:`PerBlockError`), or, with ``check_size``, blocks that
+        shrink the image to nothing."""
         check_settings(self)
         if self.backbone != "none":
-            if self.image_size < BACKBONE_MIN_SIZE:
-                raise ValueError(
-                    f"--backbone {self.backbone} needs images of at least {BACKBONE_MIN_SIZE} "
-                    f"px, got {self.image_size} px; prepare them with --size "
-                    f"{BACKBONE_MIN_SIZE} or more")
+            self.check_backbone_input()
             return
+        for item in settings_of(ModelConfig):
+            value = getattr(self, item.field)
+            if item.kind in PER_BLOCK_KINDS and isinstance(value, tuple) \
+                    and len(value) != self.blocks:
+                raise PerBlockError(item.option, len(value), self.blocks)
+        if check_size:
+            self.check_blocks_fit()
+
+    def check_backbone_input(self) -> None:
+        """Raise ValueError for images a pretrained backbone cannot take."""
+        if self.channels != 3:
+            raise ValueError(f"--backbone {self.backbone} needs RGB images; prepare them "
+                             "with --color rgb")
+        if self.image_size < BACKBONE_MIN_SIZE:
+            raise ValueError(
+                f"--backbone {self.backbone} needs images of at least {BACKBONE_MIN_SIZE} "
+                f"px, got {self.image_size} px; prepare them with --size "
+                f"{BACKBONE_MIN_SIZE} or more")
+
+    def check_blocks_fit(self) -> None:
+        """Raise ValueError when the blocks shrink an ``image_size`` image to nothing."""
         side = self.image_size
-        for block in range(self.blocks):
-            if self.padding == "valid":
-                side -= self.kernel_size - 1
+        for block, (kernel, padding) in enumerate(
+                zip(self.block_kernel_sizes(), self.block_paddings(), strict=True)):
+            if padding == "valid":
+                side -= kernel - 1
             side //= self.pool_size
             if side < 1:
                 raise ValueError(
@@ -225,6 +295,11 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def per_block(value: Any, blocks: int) -> tuple[Any, ...]:
+    """A per-block setting as one value per block: a tuple as it is, one value repeated."""
+    return value if isinstance(value, tuple) else (value,) * blocks
 
 
 @dataclass

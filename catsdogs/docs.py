@@ -47,9 +47,18 @@ def range_text(kind: click.IntRange | click.FloatRange) -> str:
 
 def values_text(param: click.Option) -> str:
     """What an option takes: a range, the choices, a kind of value, or nothing (a flag)."""
+    from catsdogs.options import IntList, StrList
+
     kind = param.type
     if param.is_flag:
         return ""
+    if isinstance(kind, StrList):
+        return (", ".join(f"`{choice}`" for choice in kind.choices)
+                + "; or one per block, comma-separated")
+    if isinstance(kind, IntList):
+        return list_text(kind)
+    if param.metavar:
+        return param.metavar
     if isinstance(kind, (click.IntRange, click.FloatRange)):
         return range_text(kind)
     if isinstance(kind, click.Choice):
@@ -57,6 +66,20 @@ def values_text(param: click.Option) -> str:
     names = {"integer": "whole number", "float": "number", "text": "text", "path": "path",
              "file": "file"}
     return names.get(kind.name, kind.name)
+
+
+def list_text(kind: click.ParamType) -> str:
+    """What a setting of whole numbers takes: ``N[,N...]`` with the bounds of each number."""
+    item = kind.setting  # type: ignore[attr-defined]
+    text = "whole number" if item.kind == "int|tuple[int]" else "N[,N...]"
+    if item.min is not None or item.max is not None:
+        bounds = click.IntRange(item.min, item.max, min_open=item.min_open,
+                                max_open=item.max_open)
+        each = "" if item.kind == "int|tuple[int]" else f"{text}, each "
+        text = each + range_text(bounds)
+    if item.kind == "int|tuple[int]":
+        text += "; or one per block, comma-separated"
+    return text
 
 
 def default_text(param: click.Option) -> str:

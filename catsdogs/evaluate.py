@@ -5,6 +5,10 @@ DATA is either a labelled folder (any layout ``prepare`` accepts, found by the s
 Photos are predicted by the same :class:`~catsdogs.predict.Predictor` and the same
 :func:`~catsdogs.predict.decide` as ``catsdogs predict``, so the accuracy is exactly what
 ``predict`` gives on the same photos. The metrics are computed here with numpy.
+
+With ``tta=True`` every photo and its mirror are predicted in the same pass (each photo decoded
+once), and ``metrics.json`` holds both figures: the usual ones, of the photo alone, and under
+``tta`` those of the mean over the photo and its mirror (what ``predict --tta`` answers).
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from catsdogs import __version__
-from catsdogs.predict import Prediction, Predictor
+from catsdogs.predict import Prediction, Predictor, decide
 from data_prep import safeio
 from data_prep.discover import printable
 
 FORMAT = "catsdogs-evaluation/1"
+TTA_NAME = "mirror"
 MISTAKES_SHOWN = 16
 LOG_LOSS_EPSILON = 1e-15
 
@@ -212,6 +217,7 @@ def read_source(data: Path, predictor: Predictor) -> Source:
         paths = manifest["path"].astype(str).to_numpy()[rows].tolist()
         fits = (
             dataset.image_size == predictor.info.image_size
+            and dataset.channels == predictor.info.channels
             and dataset.info.get("resize_policy", "stretch") == predictor.info.resize_policy
         )
         source = Source("dataset", paths, labels, warnings,
@@ -233,17 +239,17 @@ def read_source(data: Path, predictor: Predictor) -> Source:
 
 
 def predictions_for(source: Source, predictor: Predictor, batch_size: int,
-                    threshold: float | None) -> Iterator[Prediction]:
+                    threshold: float | None, tta: bool = False) -> Iterator[Prediction]:
     if source.images is not None and source.rows is not None:
         for start in range(0, len(source.rows), batch_size):
             chosen = source.rows[start : start + batch_size]
             yield from predictor.predict_images(
                 np.asarray(source.images[chosen]), source.paths[start : start + batch_size],
-                threshold,
+                threshold, tta=tta,
             )
     else:
         yield from predictor.predict_paths(source.paths, batch_size=batch_size,
-                                           threshold=threshold, expand=False)
+                                           threshold=threshold, expand=False, tta=tta)
 
 
 # --------------------------------------------------------------------------- the command
@@ -286,8 +292,10 @@ def evaluate(
     batch_size: int = 32,
     threshold: float | None = None,
     force: bool = False,
+    tta: bool = False,
 ) -> EvaluationResult:
-    """Predict every labelled photo in ``data`` and write the report folder ``out``."""
+    """Predict every labelled photo in ``data`` and write the report folder ``out``; with
+    ``tta`` also the figures of test-time augmentation (the photo and its mirror averaged)."""
     data_path, out_path = Path(data), Path(out)
     if not data_path.exists():
         raise FileNotFoundError(f"no data at {data_path}")
@@ -299,7 +307,7 @@ def evaluate(
     with safeio.output_folder(out_path, kind="evaluation", force=force,
                               is_ours=is_evaluation) as build:
         scored = write_predictions(build.path / "predictions.csv", source, predictor,
-                                   batch_size, threshold)
+                                   batch_size, threshold, tta)
         if not scored.true:
             raise ValueError(f"no readable photos to evaluate in {data_path}")
         metrics = compute_metrics(scored.true_array, scored.predicted_array,
@@ -311,6 +319,7 @@ def evaluate(
             "model": str(Path(model_dir).resolve()),
             "engine": predictor.engine,
             "threshold": threshold,
+            "tta": tta_metrics(scored, predictor.classes, threshold) if tta else None,
             "unreadable": len(scored.unreadable),
             "warnings": source.warnings,
             "catsdogs_version": __version__,
@@ -332,6 +341,7 @@ class Scored:
     scores: list[np.ndarray] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    tta_scores: list[np.ndarray] = field(default_factory=list)  # with tta only
 
     @property
     def true_array(self) -> np.ndarray:
@@ -347,26 +357,51 @@ class Scored:
 
 
 def write_predictions(path: Path, source: Source, predictor: Predictor, batch_size: int,
-                      threshold: float | None) -> Scored:
-    """Predict every photo of ``source``, writing one row per readable photo to ``path``."""
+                      threshold: float | None, tta: bool = False) -> Scored:
+    """Predict every photo of ``source``, writing one row per readable photo to ``path``.
+
+    With ``tta`` the row also holds the answer with test-time augmentation
+    (``predicted_tta`` and ``p_tta_<class>``); the plain columns stay those of the photo alone.
+    """
     classes = predictor.classes
     scored = Scored()
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "true", "predicted", *[f"p_{name}" for name in classes]])
+        header = ["path", "true", "predicted", *[f"p_{name}" for name in classes]]
+        if tta:
+            header += ["predicted_tta", *[f"p_tta_{name}" for name in classes]]
+        writer.writerow(header)
         labels = iter(source.labels)
-        for prediction in predictions_for(source, predictor, batch_size, threshold):
+        for prediction in predictions_for(source, predictor, batch_size, threshold, tta):
             label = next(labels)
             if prediction.error is not None or prediction.scores is None:
                 scored.unreadable.append((prediction.path, prediction.error or "unreadable"))
                 continue
-            writer.writerow([printable(prediction.path), classes[label], prediction.label,
-                             *[f"{p:.6f}" for p in prediction.scores]])
+            if prediction.plain_scores is not None:
+                plain = prediction.plain_scores
+                best = int(decide(plain[None, :], threshold)[0])
+                tta_columns = [prediction.label, *[f"{p:.6f}" for p in prediction.scores]]
+                scored.tta_scores.append(prediction.scores)
+            else:
+                plain, best = prediction.scores, classes.index(prediction.label)
+                tta_columns = []
+            writer.writerow([printable(prediction.path), classes[label], classes[best],
+                             *[f"{p:.6f}" for p in plain], *tta_columns])
             scored.true.append(label)
-            scored.predicted.append(classes.index(prediction.label))  # by predict.decide
-            scored.scores.append(prediction.scores)
+            scored.predicted.append(best)  # by predict.decide
+            scored.scores.append(plain)
             scored.paths.append(prediction.path)
     return scored
+
+
+def tta_metrics(scored: Scored, classes: list[str], threshold: float | None
+                ) -> dict[str, Any]:
+    """The metrics of the test-time augmented scores (``metrics.json``'s ``tta``), decided
+    by the same :func:`~catsdogs.predict.decide`."""
+    scores = np.stack(scored.tta_scores)
+    metrics = compute_metrics(scored.true_array, decide(scores, threshold), scores, classes)
+    metrics.pop("classes", None)
+    return {"augmentation": TTA_NAME, **metrics}
 
 
 def draw_plots(folder: Path, metrics: dict[str, Any], scored: Scored, source: Source,

@@ -182,7 +182,8 @@ def run_session(session: Any, images: np.ndarray) -> np.ndarray:
 class OnnxModel:
     """``model.onnx`` loaded with onnxruntime, checked against ``model.json``."""
 
-    def __init__(self, path: str | os.PathLike[str], image_size: int, num_classes: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], image_size: int, num_classes: int,
+                 channels: int = 3) -> None:
         self.path = Path(path)
         self.session = open_session(self.path)
         inputs = self.session.get_inputs()
@@ -190,10 +191,11 @@ class OnnxModel:
         if len(inputs) != 1 or len(outputs) != 1:
             raise ValueError(f"{self.path}: expected one input and one output")
         shape = tuple(inputs[0].shape[1:])
-        if shape != (image_size, image_size, 3):
+        if shape != (image_size, image_size, channels):
+            colour = "RGB" if channels == 3 else "gray"
             raise ValueError(
                 f"{self.path} expects input {shape} but model.json says "
-                f"{image_size}x{image_size} RGB images"
+                f"{image_size}x{image_size} {colour} images"
             )
         width = outputs[0].shape[-1]
         if width != (1 if num_classes == 2 else num_classes):

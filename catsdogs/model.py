@@ -1,4 +1,4 @@
-"""``build_model(config)``: the configurable Conv2D/MaxPooling2D network, and the training-only
+"""``build_model(config)``: the configurable Conv2D/pooling network, and the training-only
 augmentation wrapped around it."""
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None,
     (:func:`catsdogs.backbone.build_transfer_model`; ``weights``: imagenet, none or a file;
     None: random).
 
-    Pixels arrive as 0..255 RGB and are scaled to [0, 1] by the first layer, so a saved model
-    needs no separate preprocessing. Each block is Conv2D (+ BatchNormalization when
-    ``config.use_batch_norm``) + activation + MaxPooling2D, the filters doubling from block to
-    block; then the head (Flatten, or GlobalAveragePooling2D for ``head="gap"``), the hidden
-    Dense layers, a Dropout, and one sigmoid unit for two classes (softmax otherwise).
+    Pixels arrive as 0..255 (RGB, or gray for ``config.channels == 1``) and are scaled to
+    [0, 1] by the first layer, so a saved model needs no separate preprocessing. Each block
+    is Conv2D (+ BatchNormalization and an Activation when ``config.use_batch_norm``;
+    otherwise the activation is the Conv2D's own) + MaxPooling2D or AveragePooling2D, with
+    the block's filters, kernel size and padding; then the head (Flatten, or
+    GlobalAveragePooling2D for ``head="gap"``), the hidden Dense layers with the same
+    activation, a Dropout when ``dropout_rate`` is above 0, and one sigmoid unit for two
+    classes (softmax otherwise). With no dropout and no batch normalization the layers are
+    exactly a textbook's list, the Rescaling (no parameters) first.
 
     ``dtype_policy`` (e.g. ``"mixed_float16"``) applies to every layer but the output, which
     always computes in float32 so that probabilities are exact. The model holds no random
@@ -39,30 +43,13 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None,
 
     config.validate()
     policy = {"dtype": dtype_policy} if dtype_policy else {}
-    batch_norm = config.use_batch_norm
+    shape = (config.image_size, config.image_size, config.channels)
     stack: list = [
-        keras.Input(shape=(config.image_size, config.image_size, 3), name="image"),
+        keras.Input(shape=shape, name="image"),
         layers.Rescaling(1.0 / 255, name="rescale", **policy),
     ]
     for block in range(config.blocks):
-        name = f"block{block + 1}"
-        stack.append(
-            layers.Conv2D(
-                config.filters * 2**block,
-                config.kernel_size,
-                padding=config.padding,
-                activation=None if batch_norm else config.activation,
-                use_bias=not batch_norm,
-                name=f"{name}_conv",
-                **policy,
-            )
-        )
-        if batch_norm:
-            # momentum 0.9: the moving statistics follow the weights within an epoch or two,
-            # so validation is meaningful from the first epochs of a short run.
-            stack.append(layers.BatchNormalization(momentum=0.9, name=f"{name}_bn", **policy))
-            stack.append(layers.Activation(config.activation, name=f"{name}_act", **policy))
-        stack.append(layers.MaxPooling2D(config.pool_size, name=f"{name}_pool", **policy))
+        stack += conv_block(config, block, policy)
     if config.head == "gap":
         stack.append(layers.GlobalAveragePooling2D(name="gap", **policy))
     else:
@@ -82,6 +69,33 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None,
             layers.Dense(config.num_classes, activation="softmax", name="output", dtype="float32")
         )
     return keras.Sequential(stack, name="catsdogs")
+
+
+def conv_block(config: ModelConfig, block: int, policy: dict[str, str]) -> list:
+    """The layers of block number ``block`` (from 0): Conv2D [+ BatchNorm + Activation], pool."""
+    from keras import layers
+
+    batch_norm = config.use_batch_norm
+    name = f"block{block + 1}"
+    stack: list = [
+        layers.Conv2D(
+            config.block_filters()[block],
+            config.block_kernel_sizes()[block],
+            padding=config.block_paddings()[block],
+            activation=None if batch_norm else config.activation,
+            use_bias=not batch_norm,
+            name=f"{name}_conv",
+            **policy,
+        )
+    ]
+    if batch_norm:
+        # momentum 0.9: the moving statistics follow the weights within an epoch or two,
+        # so validation is meaningful from the first epochs of a short run.
+        stack.append(layers.BatchNormalization(momentum=0.9, name=f"{name}_bn", **policy))
+        stack.append(layers.Activation(config.activation, name=f"{name}_act", **policy))
+    pooling = layers.AveragePooling2D if config.pool == "avg" else layers.MaxPooling2D
+    stack.append(pooling(config.pool_size, name=f"{name}_pool", **policy))
+    return stack
 
 
 def build_augmentation(seed: int) -> keras.Sequential:

@@ -35,6 +35,7 @@ class ModelInfo:
     image_size: int
     resize_policy: str
     raw: dict[str, Any]
+    channels: int = 3  # 1 for a model of gray images
 
     @property
     def keras_path(self) -> Path:
@@ -47,7 +48,7 @@ def is_model_folder(path: Path) -> bool:
 
 def read_model_info(folder: str | Path) -> ModelInfo:
     """Read and validate ``folder/model.json``; ValueError/FileNotFoundError on any problem."""
-    from data_prep.images import MIN_SIDE, RESIZE_POLICIES
+    from data_prep.images import CHANNELS, MIN_SIDE, RESIZE_POLICIES
 
     root = Path(folder)
     if not root.is_dir():
@@ -85,7 +86,10 @@ def read_model_info(folder: str | Path) -> ModelInfo:
     policy = raw.get("resize_policy", "stretch")
     if not isinstance(policy, str) or policy not in RESIZE_POLICIES:
         raise ValueError(f"{meta}: 'resize_policy' must be one of {RESIZE_POLICIES}")
-    return ModelInfo(root, list(classes), size, policy, raw)
+    channels = raw.get("channels", 3)  # absent from models made before gray ones
+    if isinstance(channels, bool) or channels not in CHANNELS:
+        raise ValueError(f"{meta}: 'channels' must be 1 (gray) or 3 (RGB)")
+    return ModelInfo(root, list(classes), size, policy, raw, int(channels))
 
 
 def unsafe_objects(config: Any) -> str | None:
@@ -150,7 +154,7 @@ def load_keras_model(info: ModelInfo):
         if "lambda" in message.lower() or "safe_mode" in message:
             message = "it contains a Lambda layer (arbitrary code), refused in safe mode"
         raise ValueError(f"cannot load {info.keras_path}: {message}") from None
-    expected = (info.image_size, info.image_size, 3)
+    expected = (info.image_size, info.image_size, info.channels)
     try:
         shape = tuple(model.input_shape[1:])
         outputs = model.output_shape[-1]
@@ -159,7 +163,8 @@ def load_keras_model(info: ModelInfo):
                          "image input and output") from None
     if shape != expected:
         raise ValueError(
-            f"{info.path}/model.json says {info.image_size}px images but the model "
+            f"{info.path}/model.json says {info.image_size}px "
+            f"{'gray ' if info.channels == 1 else ''}images but the model "
             f"expects input {shape}"
         )
     if outputs != (1 if len(info.classes) == 2 else len(info.classes)):

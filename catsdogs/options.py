@@ -16,6 +16,7 @@ import click
 from catsdogs.config import (
     LIST_KINDS,
     ModelConfig,
+    PerBlockError,
     Setting,
     TrainConfig,
     all_settings,
@@ -42,6 +43,43 @@ class IntList(click.ParamType):
         except ValueError as error:
             self.fail(str(error), param, ctx)
         return units
+
+
+class StrList(click.ParamType):
+    """One of a setting's choices, or one per block separated by commas (``same,valid``)."""
+
+    name = "choice list"
+
+    def __init__(self, item: Setting) -> None:
+        self.setting = item
+        self.choices = tuple(item.choices or ())
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return f"[{'|'.join(self.choices)}][,...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str | tuple[str, ...]:
+        try:
+            words: Any = to_str_tuple(value, self.setting)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+        for word in words:
+            if word not in self.choices:  # worded as click.Choice words it
+                self.fail(f"{word!r} is not one of {', '.join(map(repr, self.choices))}.",
+                          param, ctx)
+        return words[0] if len(words) == 1 else words  # one word: the same for every block
+
+
+def to_str_tuple(value: Any, item: Setting) -> tuple[str, ...]:
+    """A tuple of strings from text (``"same,valid"``) or a list of strings."""
+    if isinstance(value, (list, tuple)):
+        words = tuple(value)
+    else:
+        words = tuple(word.strip() for word in str(value).split(","))
+    if not words or not all(isinstance(word, str) and word for word in words):
+        raise ValueError(f"{item.option} takes one or more comma-separated names, "
+                         f"got {value!r}")
+    return words
 
 
 def to_int_tuple(value: Any, item: Setting) -> tuple[int, ...]:
@@ -74,6 +112,8 @@ def click_type(item: Setting) -> Any:
     bounds = dict(min=item.min, max=item.max, min_open=item.min_open, max_open=item.max_open)
     if item.kind in LIST_KINDS:
         return IntList(item)
+    if item.kind == "str|tuple[str]":
+        return StrList(item)
     if item.choices is not None:
         return click.Choice(item.choices)
     if item.kind == "int":
@@ -123,14 +163,22 @@ def setting_options(command: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def configs_from(values: dict[str, Any]) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+def configs_from(values: dict[str, Any], check_size: bool = True
+                 ) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
     """Split parsed option values into the two configs and the other options.
 
     Settings missing from ``values`` (those a command does not take) keep their defaults.
+    ``check_size=False`` leaves the check that the blocks fit the image size to later (``train``
+    learns the size from the dataset). A per-block list whose length is not the number of
+    blocks is a usage error naming its option.
     """
     rest = dict(values)
     model = {item.field: rest.pop(item.field) for item in settings_of(ModelConfig)
              if item.field in rest}
     training = {item.field: rest.pop(item.field) for item in settings_of(TrainConfig)
                 if item.field in rest}
-    return ModelConfig(**model), TrainConfig(**training), rest
+    try:
+        model_config = ModelConfig(**model, check_size=check_size)
+    except PerBlockError as error:
+        raise click.BadParameter(error.detail, param_hint=f"'--{error.option}'") from None
+    return model_config, TrainConfig(**training), rest

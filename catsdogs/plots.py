@@ -119,7 +119,10 @@ def mistakes_png(shown: list[tuple[np.ndarray, str]], path: Path, total_wrong: i
     for axes in grid.flat:
         axes.axis("off")
     for axes, (pixels, caption) in zip(grid.flat, shown, strict=False):
-        axes.imshow(pixels)
+        if pixels.ndim == 3 and pixels.shape[-1] == 1:  # a gray dataset's pixels
+            axes.imshow(pixels[:, :, 0], cmap="gray", vmin=0, vmax=255)
+        else:
+            axes.imshow(pixels)
         axes.set_title(caption, fontsize=9)
     figure.suptitle(f"The {len(shown)} most confidently wrong of {total_wrong} mistakes "
                     f"({total} photos)")

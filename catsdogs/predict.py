@@ -7,6 +7,10 @@ Two engines give the same probabilities (to 1e-4, checked when the model is expo
 * ``keras``: ``model.keras`` through Keras, the reference; the fallback.
 
 Photos are decoded by :func:`data_prep.images.load_image`, the code ``prepare`` uses.
+
+With ``tta=True`` (test-time augmentation) each photo's probabilities are the mean of those of
+the photo and of its horizontal mirror, both predicted in one engine call; the mirroring and
+the mean are done here in numpy, so both engines give the same answer.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ class Prediction:
     """One photo's answer, or the reason it has none (``error``).
 
     ``scores`` holds the unrounded probabilities (one per class, in class order); it is for
-    computing metrics and is left out of :meth:`to_dict`.
+    computing metrics and is left out of :meth:`to_dict`. When predicted with test-time
+    augmentation, ``scores`` are the averaged ones and ``plain_scores`` those of the photo
+    alone (otherwise ``plain_scores`` is None).
     """
 
     path: str
@@ -46,6 +52,7 @@ class Prediction:
     error: str | None = None
     top: list[tuple[str, float]] = field(default_factory=list)
     scores: np.ndarray | None = field(default=None, repr=False)
+    plain_scores: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         if self.error is not None:
@@ -76,6 +83,11 @@ def decide(scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
         return (scores[:, 1] > threshold).astype(int)
     return np.argmax(scores, axis=1)
+
+
+def mirrored(images: np.ndarray) -> np.ndarray:
+    """The horizontal mirror of each image of a batch (n, height, width, channels)."""
+    return np.asarray(images)[:, :, ::-1, :]
 
 
 def expand_paths(
@@ -148,7 +160,8 @@ class Predictor:
             from catsdogs.export import ONNX_NAME, OnnxModel
 
             self.model: Any = OnnxModel(
-                self.info.path / ONNX_NAME, self.info.image_size, len(self.classes)
+                self.info.path / ONNX_NAME, self.info.image_size, len(self.classes),
+                self.info.channels,
             )
         else:
             from catsdogs.model_folder import load_keras_model
@@ -160,7 +173,7 @@ class Predictor:
         return self.info.classes
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(n, num_classes) class probabilities for a uint8 batch (n, size, size, 3)."""
+        """(n, num_classes) class probabilities for a uint8 batch (n, size, size, channels)."""
         batch = np.ascontiguousarray(images, dtype="float32")
         if self.engine == "onnx":
             raw = self.model.predict(batch)
@@ -172,6 +185,17 @@ class Predictor:
             return np.stack([1.0 - positive, positive], axis=1)
         return raw.reshape(len(batch), len(self.classes))
 
+    def scores(self, images: np.ndarray, tta: bool = False
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(scores, plain)`` for a uint8 batch. Without ``tta``: the probabilities and None.
+        With it: the mean of the probabilities of the images and of their mirrors (one engine
+        call on both), and the probabilities of the images alone."""
+        if not tta:
+            return self.probabilities(images), None
+        both = self.probabilities(np.concatenate([images, mirrored(images)]))
+        plain, mirror = both[: len(images)], both[len(images):]
+        return (plain + mirror) / 2.0, plain
+
     def predict_paths(
         self,
         paths: Iterable[str | os.PathLike[str]],
@@ -179,13 +203,14 @@ class Predictor:
         threshold: float | None = None,
         top: int = 0,
         expand: bool = True,
+        tta: bool = False,
     ) -> Iterator[Prediction]:
         """Predict each photo, in input order, decoding ``batch_size`` photos at a time.
 
         A generator all the way down: at most two batches of pixels are held, whatever the
         number of photos, and the first answers come before the last photo is listed.
         With ``expand=False`` every path is one photo (no folders, no patterns): exactly one
-        prediction per path.
+        prediction per path. With ``tta`` the photo and its mirror are averaged.
         """
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -200,15 +225,16 @@ class Predictor:
             for chunk in chunks:
                 decoding = [pool.submit(self._decode, path, problem) for path, problem in chunk]
                 if ahead:
-                    yield from self._flush([f.result() for f in ahead], threshold, top)
+                    yield from self._flush([f.result() for f in ahead], threshold, top, tta)
                 ahead = decoding
             if ahead:
-                yield from self._flush([f.result() for f in ahead], threshold, top)
+                yield from self._flush([f.result() for f in ahead], threshold, top, tta)
 
     def _decode(self, path: Path, problem: str | None) -> tuple[Prediction, np.ndarray | None]:
         if problem is None:
             try:
-                pixels = load_image(path, self.info.image_size, self.info.resize_policy)
+                pixels = load_image(path, self.info.image_size, self.info.resize_policy,
+                                    self.info.channels)
                 return Prediction(str(path)), pixels
             except (ImageError, ValueError) as error:
                 problem = getattr(error, "reason", str(error))
@@ -216,28 +242,31 @@ class Predictor:
 
     def predict_images(
         self, images: np.ndarray, names: list[str], threshold: float | None = None,
-        top: int = 0,
+        top: int = 0, tta: bool = False,
     ) -> list[Prediction]:
         """Predictions for already decoded images (a batch of a prepared dataset)."""
         return list(self._flush(list(zip(
-            (Prediction(name) for name in names), images, strict=True)), threshold, top))
+            (Prediction(name) for name in names), images, strict=True)), threshold, top, tta))
 
     def _flush(
         self,
         pending: list[tuple[Prediction, np.ndarray | None]],
         threshold: float | None,
         top: int,
+        tta: bool = False,
     ) -> Iterator[Prediction]:
         good = [pixels for _, pixels in pending if pixels is not None]
         if good:
-            scores = self.probabilities(np.stack(good))
+            scores, plain = self.scores(np.stack(good), tta)
             chosen = iter(decide(scores, threshold))
             rows = iter(scores)
+            plain_rows = iter(plain if plain is not None else [None] * len(good))
         for prediction, pixels in pending:
             if pixels is not None:
                 row = next(rows)
                 best = int(next(chosen))
                 prediction.scores = row
+                prediction.plain_scores = next(plain_rows)
                 prediction.label = self.classes[best]
                 prediction.probability = round(float(row[best]), 6)
                 prediction.probabilities = {

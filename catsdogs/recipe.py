@@ -30,6 +30,7 @@ KIND_WORDS = {
     "int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false",
     "bool|None": 'true, false or "auto"', "tuple[int]": "a list of whole numbers",
     "int|tuple[int]": "a whole number or a list of them",
+    "str|tuple[str]": "a string or a list of them",
 }
 
 
@@ -101,6 +102,8 @@ def has_kind(value: Any, kind: str) -> bool:
         return isinstance(value, bool)
     if kind == "bool|None":
         return isinstance(value, bool) or value == "auto"
+    if kind == "str|tuple[str]":
+        return isinstance(value, (str, list))
     return whole or isinstance(value, (str, list))  # lists: 0, "256,64", [256, 64]
 
 
@@ -163,7 +166,7 @@ def toml_value(value: Any, item: Setting) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(str(unit) for unit in value) + "]"
+        return "[" + ", ".join(json.dumps(unit) for unit in value) + "]"
     if isinstance(value, str):
         return json.dumps(value)
     return repr(value)

@@ -10,7 +10,7 @@ and no further (413).
 * ``GET /``: the page (``serve_page.html``): pick or drop photos, see each one's class,
   probability and occlusion heat map.
 * ``POST /predict``: multipart fields named ``file``, or one ``image/*`` body. Answers the rows
-  of ``predict --json``; query parameters ``threshold``, ``top`` and ``heatmap``.
+  of ``predict --json``; query parameters ``threshold``, ``top``, ``heatmap`` and ``tta``.
 * ``GET /health``: the model folder, classes and engine. ``GET /metrics``: Prometheus text.
 
 Photos are decoded by :func:`data_prep.images.photo_from_bytes` (the code ``prepare`` and
@@ -59,7 +59,7 @@ BODY_TIMEOUT = 30.0
 DRAIN_LIMIT = 64 * MEGABYTE
 """Bytes of a refused request's body read (and dropped) so that the client sees the answer."""
 RETRY_AFTER_SECONDS = 1
-QUERY_FIELDS = ("threshold", "top", "heatmap")
+QUERY_FIELDS = ("threshold", "top", "heatmap", "tta")
 ROUTES = ("/", "/health", "/metrics", "/predict")
 PAGE = "serve_page.html"
 BODY_READ = "catsdogs.body_read"  # set in the request's scope once its body is all read
@@ -111,6 +111,7 @@ class Options:
     threshold: float | None = None
     top: int = 0
     heatmap: bool = False
+    tta: bool = False
 
 
 def parse_options(query: Mapping[str, str], classes: list[str]) -> Options:
@@ -137,10 +138,15 @@ def parse_options(query: Mapping[str, str], classes: list[str]) -> Options:
         if not text.isdigit() or not 1 <= int(text) <= 1000:
             raise RequestError(400, f"top must be a whole number from 1 to 1000, got {text!r}")
         top = min(int(text), len(classes))
-    heatmap = query.get("heatmap", "0").lower()
-    if heatmap not in ("0", "1", "false", "true"):
-        raise RequestError(400, f"heatmap must be 0 or 1, got {query['heatmap']!r}")
-    return Options(threshold, top, heatmap in ("1", "true"))
+    return Options(threshold, top, switch(query, "heatmap"), switch(query, "tta"))
+
+
+def switch(query: Mapping[str, str], name: str) -> bool:
+    """A 0/1 (or false/true) query parameter, off when absent."""
+    value = query.get(name, "0").lower()
+    if value not in ("0", "1", "false", "true"):
+        raise RequestError(400, f"{name} must be 0 or 1, got {query[name]!r}")
+    return value in ("1", "true")
 
 
 def overlay_png(display: np.ndarray, heat: np.ndarray) -> bytes:
@@ -196,7 +202,8 @@ class PhotoService:
         decoded: list[tuple[str, bytes, np.ndarray | None, ImageError | None]] = []
         for name, data in uploads:
             try:
-                pixels = photo_from_bytes(data, info.image_size, info.resize_policy)[0]
+                pixels = photo_from_bytes(data, info.image_size, info.resize_policy,
+                                          info.channels)[0]
                 decoded.append((name, data, pixels, None))
             except ImageError as error:
                 decoded.append((name, data, None, error))
@@ -206,7 +213,7 @@ class PhotoService:
             with self.model_turn:
                 answers = iter(self.predictor.predict_images(
                     np.stack([pixels for _, pixels in good]), [name for name, _ in good],
-                    options.threshold, options.top))
+                    options.threshold, options.top, options.tta))
         rows, problems = [], []
         for name, data, pixels, error in decoded:
             if error is not None:

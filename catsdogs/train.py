@@ -482,14 +482,14 @@ def train(
 ) -> TrainResult:
     """Train a classifier on the prepared dataset at ``data`` and save it to ``out``.
 
-    ``model_config.image_size`` and ``num_classes`` are taken from the dataset (the caller's
-    ``model_config`` is not changed). ``on_start(model, device)`` is called once the model is
-    built, ``on_batch(step, steps, logs)`` after every training batch, ``on_epoch(row)`` after
-    every epoch; ``callbacks`` are extra Keras callbacks, run after ours. The weights of the
-    best epoch by ``train_config.monitor`` are the ones saved. ``on_data(balance)`` is
-    called once the split is made, with the photos per class (:class:`ClassBalance`).
-    ``tensorboard`` is a folder for Keras' TensorBoard logs (ValueError at once, before any
-    work, when TensorFlow or TensorBoard is not installed).
+    ``model_config.image_size``, ``channels`` and ``num_classes`` are taken from the dataset
+    (the caller's ``model_config`` is not changed). ``on_start(model, device)`` is called once
+    the model is built, ``on_batch(step, steps, logs)`` after every training batch,
+    ``on_epoch(row)`` after every epoch; ``callbacks`` are extra Keras callbacks, run after
+    ours. The weights of the best epoch by ``train_config.monitor`` are the ones saved.
+    ``on_data(balance)`` is called once the split is made, with the photos per class
+    (:class:`ClassBalance`). ``tensorboard`` is a folder for Keras' TensorBoard logs
+    (ValueError at once, before any work, when TensorFlow or TensorBoard is not installed).
 
     With ``model_config.backbone``, the backbone is frozen for ``train_config.epochs``, then
     its top layers are trained for ``fine_tune_epochs`` more (:func:`fine_tune`).
@@ -610,12 +610,13 @@ def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
               train_config: TrainConfig, plan: distribute.DistributionPlan, partial: Path,
               state: dict[str, Any] | None) -> Run:
     """The configurations of this run (those of the interrupted run when resuming; image
-    size and classes from the dataset, on a copy of the caller's ``model_config``) and its
-    training/validation split."""
+    size, channels and classes from the dataset, on a copy of the caller's ``model_config``)
+    and its training/validation split."""
     if state is not None:
         model_config = ModelConfig.from_dict(state["model"])
         train_config = TrainConfig.from_dict(state["training"])
     model_config = dataclasses.replace(model_config, image_size=dataset.image_size,
+                                       channels=dataset.channels,
                                        num_classes=len(dataset.classes))
     model_config.validate()
     if train_config.fine_tune_epochs and model_config.backbone == "none":
@@ -795,7 +796,8 @@ def model_info(run: Run) -> dict[str, Any]:
         "classes": dataset.classes,
         "image_size": dataset.image_size,
         "resize_policy": dataset.info.get("resize_policy", "stretch"),
-        "channel_order": "RGB",
+        "channels": dataset.channels,
+        "channel_order": "RGB" if dataset.channels == 3 else "gray",
         "model": run.model_config.to_dict(),
         "training": run.train_config.to_dict(),
         "best_epoch": keeper.best_epoch,

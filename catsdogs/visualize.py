@@ -117,7 +117,7 @@ def occlusion_map(
     starts = list(range(0, max(1, size - patch + 1), stride))
     if starts[-1] != size - patch:
         starts.append(max(0, size - patch))
-    fill = pixels.reshape(-1, 3).mean(axis=0)
+    fill = pixels.reshape(-1, pixels.shape[-1]).mean(axis=0)
     base = float(predict(pixels[None].astype("float32"))[0, target])
     boxes = [(top, left) for top in starts for left in starts]
     drops = np.zeros((size, size))
@@ -156,7 +156,7 @@ def visualize(
         raise FileNotFoundError(f"no such photo: {image_path}")
     info = read_model_info(model_dir)
     try:
-        pixels = load_image(image_path, info.image_size, info.resize_policy)
+        pixels = load_image(image_path, info.image_size, info.resize_policy, info.channels)
         display = load_image(image_path, max(DISPLAY_SIZE, info.image_size), info.resize_policy)
     except ImageError as error:
         raise ValueError(f"{image_path}: {error.reason}") from None

@@ -1,4 +1,5 @@
-"""The one way a photo becomes model input: decode with OpenCV, RGB, resize to N×N.
+"""The one way a photo becomes model input: decode with OpenCV, RGB, resize to N×N, gray if
+asked.
 
 ``prepare``, ``predict`` and ``evaluate`` all call :func:`load_image`, so a photo is turned
 into exactly the same pixels whether it is being trained on or asked about.
@@ -19,7 +20,9 @@ What happens to a file, in order:
    WebP's ``EXIF`` chunk, a TIFF's Orientation tag), so every format is turned upright as a
    JPEG is;
 5. the RGB image is resized to N×N following the resize policy: ``INTER_AREA`` when
-   shrinking 2× or more, ``INTER_LINEAR`` when shrinking less, ``INTER_CUBIC`` when enlarging.
+   shrinking 2× or more, ``INTER_LINEAR`` when shrinking less, ``INTER_CUBIC`` when enlarging;
+6. for one channel (``channels=1``: a gray dataset, or a photo asked of a gray model) the
+   N×N RGB image becomes gray, N×N×1 (``cv2.COLOR_RGB2GRAY``: 0.299 R + 0.587 G + 0.114 B).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
+CHANNELS = (1, 3)
+"""Channels of model input: 1 (gray) or 3 (RGB)."""
 
 RESIZE_POLICIES = ("stretch", "crop", "pad")
 """How a non-square photo becomes square.
@@ -459,32 +465,49 @@ def resize(image: np.ndarray, size: int, policy: str = "stretch") -> np.ndarray:
     return np.ascontiguousarray(resized)
 
 
-def photo_from_bytes(data: bytes, size: int, policy: str = "stretch"
-                     ) -> tuple[np.ndarray, int, int]:
-    """Like :func:`load_photo`, from bytes already read."""
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """An RGB array (H, W, 3) as it is (``channels=3``) or gray, (H, W, 1) (``channels=1``)."""
+    if channels == 3:
+        return image
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, np.newaxis]
+    raise ValueError(f"channels must be one of {', '.join(map(str, CHANNELS))}, got {channels}")
+
+
+def check_options(size: int, policy: str, channels: int) -> None:
+    """Raise ValueError for a size, resize policy or channel count no photo can be made to."""
     if size < MIN_SIDE:
         raise ValueError(f"image size must be at least {MIN_SIDE}, got {size}")
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"unknown resize policy {policy!r}; choose from {RESIZE_POLICIES}")
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be one of {', '.join(map(str, CHANNELS))}, "
+                         f"got {channels}")
+
+
+def photo_from_bytes(data: bytes, size: int, policy: str = "stretch", channels: int = 3
+                     ) -> tuple[np.ndarray, int, int]:
+    """Like :func:`load_photo`, from bytes already read."""
+    check_options(size, policy, channels)
     image, width, height = decode(data, size, policy)
-    return resize(image, size, policy), width, height
+    return to_channels(resize(image, size, policy), channels), width, height
 
 
 def load_photo(
-    path: str | os.PathLike[str], size: int, policy: str = "stretch"
+    path: str | os.PathLike[str], size: int, policy: str = "stretch", channels: int = 3
 ) -> tuple[np.ndarray, int, int]:
     """Like :func:`load_image`, also returning the photo's original width and height."""
-    if size < MIN_SIDE:
-        raise ValueError(f"image size must be at least {MIN_SIDE}, got {size}")
-    return photo_from_bytes(read_bytes(path), size, policy)
+    check_options(size, policy, channels)
+    return photo_from_bytes(read_bytes(path), size, policy, channels)
 
 
 def load_image(
-    path: str | os.PathLike[str], size: int, policy: str = "stretch"
+    path: str | os.PathLike[str], size: int, policy: str = "stretch", channels: int = 3
 ) -> np.ndarray:
-    """Read ``path`` and return a (size, size, 3) uint8 RGB array.
+    """Read ``path`` and return a (size, size, channels) uint8 array: RGB for 3 channels,
+    gray for 1 (whatever the photo's own colours).
 
     Raises :class:`ImageError` (a ``ValueError``) with a short reason for any file that is not
     a usable photo; it never returns a partial or garbage image.
     """
-    return load_photo(path, size, policy)[0]
+    return load_photo(path, size, policy, channels)[0]

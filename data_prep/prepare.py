@@ -35,6 +35,7 @@ import numpy as np
 from data_prep import failpoints, safeio, store
 from data_prep.discover import Discovery, discover, printable
 from data_prep.images import (
+    CHANNELS,
     MIN_SIDE,
     RESIZE_POLICIES,
     ImageError,
@@ -93,9 +94,10 @@ def available_cores() -> int:
 
 
 def fingerprint(files: list[tuple[Path, str]], size: int, policy: str,
-                test_fraction: float, seed: int) -> str:
+                test_fraction: float, seed: int, channels: int = 3) -> str:
     """A digest of the source listing (names, sizes, mtimes) and the options."""
-    digest = hashlib.sha256(f"{size}|{policy}|{test_fraction}|{seed}".encode())
+    gray = "|gray" if channels == 1 else ""  # RGB datasets keep the digest they always had
+    digest = hashlib.sha256(f"{size}|{policy}|{test_fraction}|{seed}{gray}".encode())
     for path, label in files:
         try:
             stat = path.stat()
@@ -153,12 +155,13 @@ def _close_outputs() -> None:
 
 
 def write_photo(index: int, path: str, slot: int, npy: str, offset: int, size: int,
-                policy: str) -> Written:
+                policy: str, channels: int = 3) -> Written:
     """Pass 2: read one file once, check its header (format, size, truncation, bombs),
-    decode and resize it, and write it into row ``slot`` of ``npy``."""
+    decode and resize it (to gray for one channel), and write it into row ``slot`` of
+    ``npy``."""
     failpoints.failpoint(failpoints.DECODE)  # tests: a worker dying, as on a decoder crash
     try:
-        pixels, width, height = photo_from_bytes(read_bytes(path), size, policy)
+        pixels, width, height = photo_from_bytes(read_bytes(path), size, policy, channels)
     except ImageError as error:
         return Written(index, 0, 0, error.reason, error.detail)
     row = pixels.tobytes()
@@ -349,11 +352,11 @@ def rewrite_npy_header(path: Path, shape: tuple[int, ...], header_length: int) -
         handle.write(prefix + room.to_bytes(2, "little") + text.encode("latin1"))
 
 
-def create_npy(path: Path, count: int, size: int) -> int:
+def create_npy(path: Path, count: int, size: int, channels: int = 3) -> int:
     """An images.npy for ``count`` rows (sparse: no pixel written yet); returns the data
-    offset, where row ``i`` starts at ``offset + i * size * size * 3``."""
+    offset, where row ``i`` starts at ``offset + i * size * size * channels``."""
     images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                       shape=(count, size, size, 3))
+                                       shape=(count, size, size, channels))
     offset = int(images.offset)
     del images
     return offset
@@ -382,8 +385,12 @@ def prepare(
     seed: int = 1337,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    channels: int = 3,
 ) -> PrepareResult:
     """Find, check, decode and resize every photo under ``source`` into a dataset at ``out``.
+
+    ``channels`` is 3 for RGB images, 1 for gray ones (converted from RGB after the resize,
+    by :func:`data_prep.images.load_image`'s code, as prediction converts a photo).
 
     ``workers`` processes decode in parallel (default: every core, at most one per
     ``PHOTOS_PER_WORKER`` photos; 1 decodes in this process). As with any use of
@@ -394,10 +401,10 @@ def prepare(
     ``FileNotFoundError``/``ValueError`` with a one-line message for unusable input.
     """
     started = time.perf_counter()
-    check_options(size, policy, test_fraction, workers)
+    check_options(size, policy, test_fraction, workers, channels)
     source_path, out_path = Path(source), Path(out)
     found = discover(source_path)
-    digest = fingerprint(found.files, size, policy, test_fraction, seed)
+    digest = fingerprint(found.files, size, policy, test_fraction, seed, channels)
     result = reusable_dataset(out_path, digest)
     if result is None:
         count = worker_count(workers, len(found.files))
@@ -409,15 +416,18 @@ def prepare(
             with Workers(count) as pool:
                 skips = check_files(pool, found.files, report)
                 written = resize_files(pool, found.files, skips, build.path / "images.npy",
-                                       size, policy, report)
+                                       (size, policy, channels), report)
             result = finish_dataset(build.path, source_path, found, written, skips, size,
-                                    policy, Options(digest, test_fraction, seed))
+                                    policy, Options(digest, test_fraction, seed, channels))
         result.out, result.workers = out_path, count
     result.seconds = time.perf_counter() - started
     return result
 
 
-def check_options(size: int, policy: str, test_fraction: float, workers: int | None) -> None:
+def check_options(size: int, policy: str, test_fraction: float, workers: int | None,
+                  channels: int = 3) -> None:
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
     if size < MIN_SIDE:
         raise ValueError(f"--size must be at least {MIN_SIDE}, got {size}")
     if policy not in RESIZE_POLICIES:
@@ -491,12 +501,13 @@ class Resized:
 
 
 def resize_files(pool: Workers, files: list[tuple[Path, str]], skips: dict[int, Skip],
-                 npy: Path, size: int, policy: str, report: ProgressCallback) -> Resized:
-    """Pass 2: decode and resize into ``npy``, each photo into its own row. Files that turn
-    out unusable are added to ``skips``."""
+                 npy: Path, shape: tuple[int, str, int], report: ProgressCallback) -> Resized:
+    """Pass 2: decode and resize into ``npy``, each photo into its own row; ``shape`` is
+    (size, resize policy, channels). Files that turn out unusable are added to ``skips``."""
+    size, policy, channels = shape
     slot_of = {i: slot for slot, i in
                enumerate(i for i in range(len(files)) if i not in skips)}
-    offset = create_npy(npy, len(slot_of), size)
+    offset = create_npy(npy, len(slot_of), size, channels)
     safeio.reserve_space(npy)  # a full disk fails here, with ENOSPC, not mid-write
     sizes: dict[int, tuple[int, int]] = {}
     done = 0
@@ -512,7 +523,7 @@ def resize_files(pool: Workers, files: list[tuple[Path, str]], skips: dict[int, 
         report("resizing", done, len(slot_of))
 
     pool.run(write_photo,
-             [(i, str(files[i][0]), slot, str(npy), offset, size, policy)
+             [(i, str(files[i][0]), slot, str(npy), offset, size, policy, channels)
               for i, slot in slot_of.items()],
              on_written)
     return Resized(npy, offset, slot_of, sizes)
@@ -524,6 +535,7 @@ class Options(NamedTuple):
     fingerprint: str
     test_fraction: float
     seed: int
+    channels: int = 3
 
 
 def finish_dataset(folder: Path, source: Path, found: Discovery, written: Resized,
@@ -532,12 +544,12 @@ def finish_dataset(folder: Path, source: Path, found: Discovery, written: Resize
     """Close the holes unusable files left in images.npy, then write the tables."""
     files = found.files
     kept = sorted(written.sizes)
-    row_bytes = size * size * 3
+    row_bytes = size * size * options.channels
     if len(kept) < len(written.slot_of):
         close_holes(written.npy, written.offset, row_bytes, [written.slot_of[i] for i in kept])
     with open(written.npy, "r+b") as handle:
         handle.truncate(written.offset + len(kept) * row_bytes)
-    rewrite_npy_header(written.npy, (len(kept), size, size, 3), written.offset)
+    rewrite_npy_header(written.npy, (len(kept), size, size, options.channels), written.offset)
 
     rows = [(shown_path(files[i][0]), files[i][1], *written.sizes[i]) for i in kept]
     skipped = [skips[i] for i in sorted(skips)]
@@ -550,8 +562,7 @@ def finish_dataset(folder: Path, source: Path, found: Discovery, written: Resize
             f"only one class ({classes[0]}) has usable photos in {source}; "
             "need at least two"
         )
-    return _write(folder, rows, skipped, classes, size, policy, found.layout, source,
-                  options.fingerprint, options.test_fraction, options.seed)
+    return _write(folder, rows, skipped, classes, size, policy, found.layout, source, options)
 
 
 def _byte_size(path: Path) -> int:
@@ -563,10 +574,10 @@ def _byte_size(path: Path) -> int:
 
 def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip],
            classes: list[str], size: int, policy: str, layout: str, source: Path,
-           digest: str, test_fraction: float, seed: int) -> PrepareResult:
+           options: Options) -> PrepareResult:
     label_of = {name: i for i, name in enumerate(classes)}
     labels = np.array([label_of[label] for _, label, _, _ in rows])
-    split = split_column(labels, test_fraction, seed)
+    split = split_column(labels, options.test_fraction, options.seed)
     manifest = ((index, path, label_of[name], name, width, height, split[index])
                 for index, (path, name, width, height) in enumerate(rows))
     counts = dict.fromkeys(classes, 0)
@@ -577,7 +588,8 @@ def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip]
         "format": store.FORMAT,
         "image_size": size,
         "resize_policy": policy,
-        "channel_order": "RGB",
+        "channels": options.channels,
+        "channel_order": "RGB" if options.channels == 3 else "gray",
         "dtype": "uint8",
         "classes": classes,
         "counts": counts,
@@ -585,11 +597,11 @@ def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip]
         "num_test": result.test_count,
         "num_skipped": len(skipped),
         "skipped_by_reason": result.skipped_by_reason,
-        "test_fraction": test_fraction,
-        "seed": seed,
+        "test_fraction": options.test_fraction,
+        "seed": options.seed,
         "source": shown_path(source),
         "layout": layout,
-        "fingerprint": digest,
+        "fingerprint": options.fingerprint,
         "catsdogs_version": store.package_version(),
     }
     store.write_tables(tmp, manifest, skipped, info)

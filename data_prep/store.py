@@ -2,11 +2,13 @@
 
 A prepared dataset is a folder::
 
-    images.npy     uint8 array (N, size, size, 3), RGB, loadable with np.load(mmap_mode="r")
+    images.npy     uint8 array (N, size, size, channels): RGB (3 channels) or gray (1),
+                   loadable with np.load(mmap_mode="r")
     manifest.csv   one row per image in images.npy, in the same order:
                    index, path, label, class_name, width, height, split
     skipped.csv    path, reason, detail: every candidate file that was not used
-    dataset.json   format, image_size, resize_policy, channel_order, dtype, classes,
+    dataset.json   format, image_size, resize_policy, channels (absent: 3), channel_order
+                   ("RGB" or "gray"), dtype, classes,
                    counts, num_images, num_test, num_skipped, skipped_by_reason,
                    test_fraction, seed, source, layout, fingerprint, catsdogs_version
 
@@ -52,6 +54,11 @@ class PreparedDataset:
     @property
     def image_size(self) -> int:
         return int(self.info["image_size"])
+
+    @property
+    def channels(self) -> int:
+        """3 for RGB images, 1 for gray ones (datasets from before gray say nothing: 3)."""
+        return int(self.info.get("channels", 3))
 
     def skipped_rows(self) -> list[tuple[str, str, str]]:
         """(path, reason, detail) for every skipped file (detail is "" in older datasets)."""
@@ -99,8 +106,12 @@ def read_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
     size = info.get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"{root}/dataset.json: 'image_size' must be a whole number")
-    if images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
-        raise ValueError(f"{root}/images.npy does not hold {size}x{size} RGB uint8 images")
+    channels = info.get("channels", 3)
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ValueError(f"{root}/dataset.json: 'channels' must be 1 (gray) or 3 (RGB)")
+    if images.dtype != np.uint8 or images.shape[1:] != (size, size, channels):
+        colour = "RGB" if channels == 3 else "gray"
+        raise ValueError(f"{root}/images.npy does not hold {size}x{size} {colour} uint8 images")
     if len(manifest) != len(images):
         raise ValueError(
             f"broken prepared dataset at {root}: manifest has {len(manifest)} rows "

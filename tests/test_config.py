@@ -50,7 +50,7 @@ def test_option_names_are_unique_and_every_field_has_help():
     (dict(blocks=11), "blocks must be at most 10, got 11"),
     (dict(dropout_rate=1.0), "dropout must be below 1, got 1.0"),
     (dict(activation="swish"), "activation must be one of relu, gelu, silu, elu, selu, tanh, "
-                               "leaky_relu, got 'swish'"),
+                               "leaky_relu, sigmoid, linear, got 'swish'"),
     (dict(dense=(8, 0)), "dense must be at least 1, got (8, 0)"),
     (dict(num_classes=1), "classes must be at least 2, got 1"),
 ])

@@ -1,4 +1,4 @@
-"""Full disks and outputs that cannot be written (#6): one clear line, exit 1, nothing
+"""Full disks and outputs that cannot be written: one clear line, exit 1, nothing
 partial left behind (no hidden folder, no lock file, no parent folder made for it), the
 source and any previous output untouched.
 

@@ -1,4 +1,4 @@
-"""Distributed training (#7): TF_CONFIG parsing, equal shards, the default path, and real
+"""Distributed training: TF_CONFIG parsing, equal shards, the default path, and real
 runs — two MultiWorkerMirroredStrategy workers on 127.0.0.1, MirroredStrategy over two logical
 CPU devices, and keras.distribution.DataParallel over two JAX host devices (stand-ins for GPUs).
 

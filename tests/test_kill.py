@@ -1,4 +1,4 @@
-"""SIGKILL ``catsdogs prepare`` and ``catsdogs train`` at seeded random moments (#6).
+"""SIGKILL ``catsdogs prepare`` and ``catsdogs train`` at seeded random moments.
 
 After every kill the output must be the complete old one or the complete new one, never a
 mix, and the next run must work. Moments are drawn from a seeded generator: while the

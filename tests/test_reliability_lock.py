@@ -1,4 +1,4 @@
-"""Two writers of one --out, and the repair of what killed writers leave behind (#6)."""
+"""Two writers of one --out, and the repair of what killed writers leave behind."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile model folders and datasets (#6): code in a model.keras is never run, a wrong
+"""Hostile model folders and datasets: code in a model.keras is never run, a wrong
 model.json is one clear line, nothing is ever unpickled."""
 
 from __future__ import annotations

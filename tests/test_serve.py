@@ -267,7 +267,7 @@ def test_upload_over_max_upload_gets_413_with_or_without_length(server):
     ("?top=0", "top must be a whole number from 1 to 1000, got '0'"),
     ("?top=-1", "top must be a whole number from 1 to 1000, got '-1'"),
     ("?heatmap=maybe", "heatmap must be 0 or 1, got 'maybe'"),
-    ("?tops=2", "unknown query parameter 'tops'; known: threshold, top, heatmap"),
+    ("?tops=2", "unknown query parameter 'tops'; known: threshold, top, heatmap, tta"),
 ])
 def test_bad_query_parameters_get_400(server, query, message):
     status, _, answer = post_photos(server, [("cat.jpg", photo_bytes("cat", 11))], query)

@@ -1,0 +1,234 @@
+"""Where a training epoch's time goes (issue 12), all measured in one process, one after another.
+
+1. A plain 3×3 Conv2D, forward and backward (weights and input), GFLOP/s: the arithmetic rate
+   the CPU's convolutions reach here, the yardstick for the rest.
+2. The default network's training step (batch 32, AdamW) on in-memory uint8 batches: without
+   augmentation, with catsdogs' Keras augmentation layers, and with the uint8 numpy/OpenCV
+   augmentation of benchmarks/recipes/train_recipe.py done in the same thread before each
+   step. Photos/s, GFLOP/s (convolution and dense arithmetic, forward + backward = 3× forward)
+   and their share of the plain-Conv2D rate.
+3. Data feeding alone: photos/s of reading batches from the memory-mapped images.npy, and of
+   the uint8 augmentation pipeline alone.
+4. Per layer: forward + backward time of each layer of the default network (and of each
+   augmentation layer, forward only) in isolation, at its real input shape and batch 32.
+
+The machine may be shared: the load average is printed beside every figure; compare figures
+measured in the same run only.
+
+Example:
+    python benchmarks/epoch_profile.py --data /tmp/acc/p128 --markdown /tmp/acc/profile.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent / "recipes"))
+from train_recipe import (  # noqa: E402
+    Batches,
+    default_net,
+    keras_augmentation,
+    load_prepared,
+    sepres_net,
+)
+
+BATCH = 32
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def timed(step, seconds: float, warmup: int = 2) -> float:
+    """Seconds per call of ``step``: a few warm-up calls, then calls for about ``seconds``."""
+    for _ in range(warmup):
+        step()
+    count, started = 0, time.perf_counter()
+    while True:
+        step()
+        count += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and count >= 3:
+            return elapsed / count
+
+
+def forward_flops(model: keras.Model) -> float:
+    """Multiply-adds × 2 per photo of the Conv2D, SeparableConv2D and Dense layers."""
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += forward_flops(layer)
+            continue
+        shape = layer.output.shape if hasattr(layer, "output") else None
+        if isinstance(layer, layers.SeparableConv2D):
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            c_in = layer.input.shape[-1]
+            total += 2 * shape[1] * shape[2] * c_in * (k + shape[3])
+        elif isinstance(layer, layers.Conv2D):
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            total += 2 * shape[1] * shape[2] * shape[3] * layer.input.shape[-1] * k
+        elif isinstance(layer, layers.Dense):
+            total += 2 * layer.input.shape[-1] * shape[-1]
+    return total
+
+
+def plain_conv_rate(seconds: float) -> float:
+    """GFLOP/s of one 3×3 same-padding Conv2D 64→64 at 64×64, batch 32, forward + backward."""
+    conv = layers.Conv2D(64, 3, padding="same")
+    x = tf.random.uniform((BATCH, 64, 64, 64))
+    conv.build(x.shape)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x)
+            loss = tf.reduce_sum(y)
+        return tape.gradient(loss, [x, conv.kernel, conv.bias])
+
+    flops = 3 * 2 * BATCH * 64 * 64 * 64 * 64 * 9
+    return flops / timed(step, seconds) / 1e9
+
+
+def train_rate(net: keras.Model, augmentation, images: np.ndarray, labels: np.ndarray,
+               seconds: float, pipeline: Batches | None = None) -> float:
+    """Training photos/s of ``net`` (behind ``augmentation`` layers, or fed by ``pipeline``)."""
+    size = images.shape[1]
+    trainer = net if augmentation is None else keras.Sequential(
+        [keras.Input((size, size, 3)), augmentation, net])
+    trainer.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4),
+                    loss=keras.losses.BinaryCrossentropy(label_smoothing=0.1))
+    batches = [(images[i:i + BATCH], labels[i:i + BATCH].reshape(-1, 1).astype("float32"))
+               for i in range(0, len(images) - BATCH + 1, BATCH)]
+    state = {"i": 0}
+
+    def step():
+        index = state["i"] % len(batches)
+        state["i"] += 1
+        x, y = pipeline[index] if pipeline is not None else batches[index]
+        trainer.train_on_batch(x, y)
+
+    return BATCH / timed(step, seconds)
+
+
+def feeding_rate(data: Batches, seconds: float) -> float:
+    state = {"i": 0}
+
+    def step():
+        data[state["i"] % len(data)]
+        state["i"] += 1
+
+    return BATCH / timed(step, seconds, warmup=1)
+
+
+def layer_costs(net: keras.Sequential, seconds: float) -> list[tuple[str, str, float]]:
+    """(name, input shape, ms per batch of forward + backward) for each layer alone."""
+    rows = []
+    for layer in net.layers:
+        shape = (BATCH, *layer.input.shape[1:])
+        x = tf.random.uniform(shape, 0, 1)
+
+        @tf.function
+        def step(layer=layer, x=x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(tf.cast(y, "float32"))
+            return tape.gradient(loss, [x, *layer.trainable_weights])
+
+        rows.append((layer.name, "×".join(str(d) for d in shape[1:]),
+                     timed(step, seconds) * 1000))
+    return rows
+
+
+def augmentation_costs(size: int, seconds: float) -> list[tuple[str, float]]:
+    rows = []
+    x = tf.random.uniform((BATCH, size, size, 3), 0, 255)
+    for layer in keras_augmentation(1).layers:
+        @tf.function
+        def step(layer=layer):
+            return layer(x, training=True)
+
+        rows.append((layer.name, timed(step, seconds) * 1000))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="a prepared dataset folder")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time per measurement")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    args = parser.parse_args(argv)
+
+    keras.utils.set_random_seed(0)
+    images, labels, _ = load_prepared(args.data)
+    images, labels = images[:640], labels[:640]
+    size = images.shape[1]
+    out = [f"epoch_profile: {args.data} ({size} px), batch {BATCH}, {os.cpu_count()} CPUs, "
+           f"TF {tf.__version__}, Keras {keras.__version__}; load average at start {load()}", ""]
+
+    conv = plain_conv_rate(args.seconds)
+    out += [f"Plain 3×3 Conv2D 64→64 at 64×64, forward + backward: **{conv:.0f} GFLOP/s** "
+            f"(load {load()})", ""]
+
+    rows = []
+    nets = {"default": lambda: default_net(size), "sepres": lambda: sepres_net(size)}
+    for name, make in nets.items():
+        flops = 3 * forward_flops(make())
+        for variant in ("no augmentation", "Keras augmentation layers", "uint8 pipeline"):
+            if name != "default" and variant == "Keras augmentation layers":
+                continue
+            net = make()
+            pipeline = None
+            augmentation = keras_augmentation(1) if variant.startswith("Keras") else None
+            if variant == "uint8 pipeline":
+                pipeline = Batches(images, labels, np.arange(len(images)), BATCH, shuffle=True,
+                                   seed=0, augment={"crop_min": 0.35, "jitter": 0.2})
+            rate = train_rate(net, augmentation, images, labels, args.seconds, pipeline)
+            gflops = rate * flops / 1e9
+            rows.append(f"| {name} | {variant} | {flops / 1e6:.0f} | {rate:.0f} | "
+                        f"{gflops:.1f} | {gflops / conv:.0%} | {load()} |")
+    out += ["| network | augmentation | MFLOP per trained photo | training photos/s "
+            "| GFLOP/s | share of plain Conv2D | load |", "|---|---|---|---|---|---|---|", *rows,
+            ""]
+
+    plain = Batches(np.load(args.data / "images.npy", mmap_mode="r"), labels,
+                    np.arange(len(images)), BATCH, shuffle=True, seed=0)
+    augmented = Batches(images, labels, np.arange(len(images)), BATCH, shuffle=True, seed=0,
+                        augment={"crop_min": 0.35, "jitter": 0.2})
+    out += [f"Data feeding alone (one thread): memory-mapped batches "
+            f"{feeding_rate(plain, args.seconds):.0f} photos/s; uint8 flip + random resized "
+            f"crop + colour jitter {feeding_rate(augmented, args.seconds):.0f} photos/s "
+            f"(load {load()})", ""]
+
+    out += ["Per layer of the default network, alone, forward + backward, batch 32:", "",
+            "| layer | input | ms per batch | share |", "|---|---|---|---|"]
+    costs = layer_costs(default_net(size), args.seconds / 4)
+    total = sum(ms for _, _, ms in costs)
+    out += [f"| {name} | {shape} | {ms:.1f} | {ms / total:.0%} |" for name, shape, ms in costs]
+    out += [f"| sum | | {total:.1f} | |", ""]
+    out += ["Keras augmentation layers, forward only (training=True), batch 32:", "",
+            "| layer | ms per batch |", "|---|---|"]
+    out += [f"| {name} | {ms:.1f} |" for name, ms in augmentation_costs(size, args.seconds / 4)]
+    out += ["", f"load average at the end {load()}"]
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
