@@ -36,6 +36,8 @@ def test_backbone_needs_32_px_and_fine_tuning_needs_a_backbone(runner, prepared,
     with pytest.raises(ValueError, match="needs images of at least 32 px"):
         ModelConfig(backbone="efficientnet_b0", image_size=24)
     ModelConfig(backbone="efficientnet_b0", image_size=32, blocks=10)  # blocks are not used
+    with pytest.raises(ValueError, match="needs RGB images; prepare them with --color rgb"):
+        ModelConfig(backbone="mobilenet_v3_small", image_size=32, channels=1)
     out = tmp_path / "model"
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
                                  "--backbone", "mobilenet_v3_small", "--weights", "none"])
