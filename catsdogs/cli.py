@@ -263,9 +263,13 @@ def summary(print_config: bool, **settings: Any) -> None:
                    "options (other model and training options are ignored).")
 @click.option("--force", is_flag=True,
               help="Replace a model already saved in --out (and discard an interrupted run).")
+@click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write TensorBoard logs (each epoch's loss, accuracy and learning "
+                   "rate) under this folder; view them with 'tensorboard --logdir DIR'. "
+                   "Needs TensorFlow and the tensorboard package.")
 @click.pass_context
 def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
-          print_config: bool, **settings: Any) -> None:
+          tensorboard: Path | None, print_config: bool, **settings: Any) -> None:
     """Build the model, print its parameter summary, and train it on a prepared dataset.
 
     With no options this is the default recipe: 5 blocks with batch normalization,
@@ -284,6 +288,9 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
         catsdogs train --config article --epochs 30
         catsdogs train --epochs 60 --print-config > recipe.toml
         catsdogs train --resume                          # after Ctrl-C
+        catsdogs train --backbone mobilenet_v3_small --epochs 10 \\
+            --fine-tune-epochs 5                         # transfer learning
+        catsdogs train --class-weight balanced --tensorboard logs
     """
     from catsdogs.train import train as train_model
 
@@ -292,15 +299,26 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     if print_config:
         click.echo(recipe_text("train", model_config, train_config), nl=False)
         return
+    if model_config.backbone == "none":
+        from click.core import ParameterSource
+
+        for name in ("weights", "fine_tune_layers", "fine_tune_learning_rate"):
+            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+                click.echo(f"note: --{name.replace('_', '-')} is only used with --backbone",
+                           err=True)
     for key, value, path in ignored_settings(ctx):
         click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
                    "prepared dataset", err=True)
-    progress = TrainProgress(train_config.epochs)
+    progress = TrainProgress(planned_epochs(model_config.backbone, train_config.epochs,
+                                            train_config.fine_tune_epochs))
+    if model_config.backbone != "none" and train_config.fine_tune_epochs:
+        progress.fine_tune_from = train_config.epochs + 1
     if resume:
         progress.total_epochs = resume_banner(out)
     result = train_model(data, out, model_config, train_config, force=force, resume=resume,
                          on_start=progress.on_start, on_epoch=progress.on_epoch,
-                         on_batch=progress.on_batch if progress.terminal else None)
+                         on_batch=progress.on_batch if progress.terminal else None,
+                         on_data=report_balance, tensorboard=tensorboard)
     progress.clear()
     report_training(result, data, out, train_config.patience)
 
@@ -316,6 +334,7 @@ class TrainProgress:
 
         self.total_epochs = total_epochs
         self.terminal = sys.stdout.isatty()
+        self.fine_tune_from = 0  # the first epoch of a backbone's fine-tuning stage
 
     def on_start(self, model: Any, device_name: str) -> None:
         from catsdogs.backend import training_hint
@@ -338,6 +357,9 @@ class TrainProgress:
         import sys
 
         self.clear()
+        if row["epoch"] == self.fine_tune_from:
+            click.echo("Fine-tuning: the top of the backbone is trained too from here, at "
+                       "--fine-tune-learning-rate.")
         click.echo(
             f"epoch {row['epoch']:>3}/{self.total_epochs}"
             f"  loss {row.get('loss', float('nan')):.4f}"
@@ -361,7 +383,27 @@ def resume_banner(out: Path) -> int:
     state = read_checkpoint(checkpoint_folder(out))
     click.echo(f"Resuming the interrupted run after epoch {state['epochs_done']} "
                f"(its options are used).")
-    return int(state["training"]["epochs"])
+    training = state["training"]
+    return planned_epochs(state["model"].get("backbone", "none"), int(training["epochs"]),
+                          int(training.get("fine_tune_epochs", 0)))
+
+
+def planned_epochs(backbone: str, epochs: int, fine_tune_epochs: int) -> int:
+    """The epochs a run has: a backbone's fine-tuning epochs come after --epochs."""
+    return epochs + (fine_tune_epochs if backbone != "none" else 0)
+
+
+def report_balance(balance: Any) -> None:
+    """Say how the training photos are spread over the classes when it matters: class
+    weights in use, or one class with at least 1.5x the photos of another."""
+    if balance.weights is not None:
+        weights = ", ".join(f"{name} {value:.2f}" for name, value in balance.weights.items())
+        click.echo(f"Class weights (balanced): {weights}")
+    elif balance.imbalanced:
+        click.echo(f"note: {balance.largest} has {balance.ratio:.1f}x the training photos of "
+                   f"{balance.smallest} ({balance.counts[balance.largest]:,} vs "
+                   f"{balance.counts[balance.smallest]:,}); --class-weight balanced makes "
+                   "each class count the same")
 
 
 def report_training(result: Any, data: Path, out: Path, patience: int) -> None:
@@ -565,6 +607,9 @@ def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | N
     classes = result.classes
     click.echo(f"Evaluated {metrics['n']:,} photos from {data} ({result.engine})")
     click.echo(f"accuracy  {metrics['accuracy']:.4f}")
+    if metrics.get("balanced_accuracy") is not None:
+        click.echo(f"balanced accuracy {metrics['balanced_accuracy']:.4f} (the mean of the "
+                   "classes' recalls)")
     auc = metrics["roc_auc"]
     click.echo(f"ROC AUC   {'n/a (one class present)' if auc is None else f'{auc:.4f}'}")
     click.echo(f"log loss  {metrics['log_loss']:.4f}")

@@ -25,6 +25,10 @@ MONITORS = ("val_loss", "val_accuracy")
 DEVICES = ("auto", "cpu")
 PRECISIONS = ("auto", "mixed", "float32")
 JIT_COMPILE = ("auto", "on", "off")
+# Pretrained backbones from Keras Applications (see catsdogs.backbone); "none": the conv blocks.
+BACKBONES = ("none", "mobilenet_v3_small", "efficientnet_b0")
+BACKBONE_MIN_SIZE = 32
+CLASS_WEIGHTS = ("none", "balanced")
 # Batch normalization is on by default ("auto") from this many blocks: deep enough to need it,
 # while one- and two-block models (the classic article's) stay plain.
 BATCH_NORM_AUTO_BLOCKS = 3
@@ -211,6 +215,11 @@ class ModelConfig:
     head: str = setting(
         "flatten", "flatten: Flatten the last feature map; gap: global average pooling (one "
         "value per filter).", choices=HEADS)
+    backbone: str = setting(
+        "none", "A pretrained network from Keras Applications in place of the convolution "
+        "blocks (which the block settings then do not shape), with a new head: global "
+        "average pooling, --dense, --dropout, the output. Needs RGB images of at least "
+        f"{BACKBONE_MIN_SIZE} px.", choices=BACKBONES)
     check_size: InitVar[bool] = True
 
     def __post_init__(self, check_size: bool) -> None:
@@ -242,6 +251,9 @@ class ModelConfig:
         one value per block (:class:`PerBlockError`), or, with ``check_size``, blocks that
         shrink the image to nothing."""
         check_settings(self)
+        if self.backbone != "none":
+            self.check_backbone_input()
+            return
         for item in settings_of(ModelConfig):
             value = getattr(self, item.field)
             if item.kind in PER_BLOCK_KINDS and isinstance(value, tuple) \
@@ -249,6 +261,17 @@ class ModelConfig:
                 raise PerBlockError(item.option, len(value), self.blocks)
         if check_size:
             self.check_blocks_fit()
+
+    def check_backbone_input(self) -> None:
+        """Raise ValueError for images a pretrained backbone cannot take."""
+        if self.channels != 3:
+            raise ValueError(f"--backbone {self.backbone} needs RGB images; prepare them "
+                             "with --color rgb")
+        if self.image_size < BACKBONE_MIN_SIZE:
+            raise ValueError(
+                f"--backbone {self.backbone} needs images of at least {BACKBONE_MIN_SIZE} "
+                f"px, got {self.image_size} px; prepare them with --size "
+                f"{BACKBONE_MIN_SIZE} or more")
 
     def check_blocks_fit(self) -> None:
         """Raise ValueError when the blocks shrink an ``image_size`` image to nothing."""
@@ -326,6 +349,25 @@ class TrainConfig:
         "with TensorFlow).", choices=JIT_COMPILE, commands=("train",))
     seed: int = setting(
         1337, "Seed for the split, the shuffling, augmentation and the initial weights.",
+        commands=("train",))
+    class_weight: str = setting(
+        "none", "balanced: weigh each photo's loss by n_photos / (n_classes × its class's "
+        "photos), so that a rarer class counts as much as a common one.",
+        choices=CLASS_WEIGHTS, commands=("train",))
+    weights: str = setting(
+        "imagenet", "Initial weights of --backbone: imagenet (downloaded by Keras on first use "
+        "and cached in ~/.keras/models), none (random), or the path of a weights file "
+        "(Keras' ImageNet .h5 file for that backbone, or a .weights.h5 saved from it).",
+        commands=("train",))
+    fine_tune_epochs: int = setting(
+        0, "With --backbone: after --epochs with the backbone frozen, this many more epochs "
+        "with its top layers unfrozen (batch normalization stays frozen, in inference mode).",
+        min=0, max=10_000, commands=("train",))
+    fine_tune_layers: int = setting(
+        30, "Layers at the top of the backbone that --fine-tune-epochs trains.", min=1,
+        max=10_000, commands=("train",))
+    fine_tune_learning_rate: float = setting(
+        1e-5, "Constant learning rate of the fine-tuning epochs.", min=0, min_open=True,
         commands=("train",))
 
     def __post_init__(self) -> None:

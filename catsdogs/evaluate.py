@@ -100,6 +100,14 @@ def log_loss(true: np.ndarray, scores: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, LOG_LOSS_EPSILON, 1.0))))
 
 
+def balanced_accuracy(recall: np.ndarray) -> float | None:
+    """The mean recall over the classes present in the data (as scikit-learn's
+    ``balanced_accuracy_score``): the accuracy each class would see if all were as common.
+    None when no class is present."""
+    present = recall[~np.isnan(recall)]
+    return float(present.mean()) if len(present) else None
+
+
 def finite_or_none(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
@@ -118,6 +126,7 @@ def compute_metrics(
     return {
         "n": n,
         "accuracy": float(np.trace(matrix) / n) if n else None,
+        "balanced_accuracy": balanced_accuracy(recall),
         "precision": per_class(precision),
         "recall": per_class(recall),
         "f1": per_class(f1),

@@ -12,8 +12,13 @@ if TYPE_CHECKING:
     import keras
 
 
-def build_model(config: ModelConfig, dtype_policy: str | None = None) -> keras.Sequential:
+def build_model(config: ModelConfig, dtype_policy: str | None = None,
+                weights: str | None = None) -> keras.Sequential:
     """Build (not compile) the inference classifier described by ``config``.
+
+    With ``config.backbone``, a pretrained network and a new head instead
+    (:func:`catsdogs.backbone.build_transfer_model`; ``weights``: imagenet, none or a file;
+    None: random).
 
     Pixels arrive as 0..255 (RGB, or gray for ``config.channels == 1``) and are scaled to
     [0, 1] by the first layer, so a saved model needs no separate preprocessing. Each block
@@ -29,6 +34,10 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None) -> keras.S
     always computes in float32 so that probabilities are exact. The model holds no random
     layer besides Dropout (inactive at inference), so it exports as it is.
     """
+    if config.backbone != "none":
+        from catsdogs.backbone import build_transfer_model
+
+        return build_transfer_model(config, weights, dtype_policy)
     keras = import_keras()
     from keras import layers
 

@@ -22,7 +22,8 @@ import click
 from catsdogs.config import ModelConfig, Setting, TrainConfig, all_settings
 
 # Options that describe one run rather than a recipe: never read from a file.
-COMMAND_LINE_ONLY = ("data", "out", "resume", "force", "config", "print-config")
+COMMAND_LINE_ONLY = ("data", "out", "resume", "force", "config", "print-config",
+                     "tensorboard")
 IGNORED_KEY = "catsdogs.recipe.ignored"
 
 KIND_WORDS = {

@@ -1,8 +1,9 @@
 """``train(data, out, model_config, train_config)``: fit, keep the best epoch, save the model.
 
 The run reads as its steps: :func:`load_resume_state` → :func:`start_run` (configurations
-and split) → :func:`make_batches` → :func:`build_and_compile` → :func:`make_callbacks` →
-:func:`fit_model` → :func:`catsdogs.model_folder.write_model_folder`, all inside one
+and split) → :func:`make_batches` → :func:`class_balance` → :func:`build_and_compile` →
+:func:`make_callbacks` → :func:`fit_model` (→ :func:`fine_tune`, the second stage of a
+pretrained backbone) → :func:`catsdogs.model_folder.write_model_folder`, all inside one
 :func:`data_prep.safeio.output_folder` (the lock of ``out``, built aside, published whole).
 While it runs, a checkpoint (weights, optimizer state, epoch, history) is kept after every
 epoch in a hidden sibling of ``out`` (``.model.partial/`` beside ``model/``), never
@@ -38,6 +39,43 @@ CHECKPOINT_FORMAT = "catsdogs-checkpoint/1"
 # after each epoch's reshuffle; with one, TensorFlow's prefetching may read the next
 # epoch's first batches before the reshuffle.
 TRAIN_WORKERS = 2
+# The log suggests --class-weight balanced when a class has this many times the photos of
+# another.
+IMBALANCE_RATIO = 1.5
+
+
+@dataclass
+class ClassBalance:
+    """How many training photos each class has (the training split, without validation), and
+    the class weights the loss uses (None: all 1)."""
+
+    counts: dict[str, int]
+    weights: dict[str, float] | None = None
+
+    @property
+    def largest(self) -> str:
+        return max(self.counts, key=lambda name: self.counts[name])
+
+    @property
+    def smallest(self) -> str:
+        return min(self.counts, key=lambda name: self.counts[name])
+
+    @property
+    def ratio(self) -> float:
+        """Photos of the largest class per photo of the smallest."""
+        return self.counts[self.largest] / max(1, self.counts[self.smallest])
+
+    @property
+    def imbalanced(self) -> bool:
+        return self.ratio >= IMBALANCE_RATIO
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """``n_samples / (n_classes * count)`` for each class present in ``labels``."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    total = int(counts.sum())
+    return {index: total / (num_classes * int(count))
+            for index, count in enumerate(counts) if count > 0}
 
 
 @dataclass
@@ -62,6 +100,8 @@ class TrainResult:
     resumed_from: int = 0
     checkpoint: Path | None = None
     precision: str = "float32"
+    balance: ClassBalance | None = None
+    fine_tune_from: int = 0  # the first fine-tuning epoch (1-based); 0: none
 
 
 @dataclass
@@ -168,27 +208,34 @@ def build_and_compile(
     train_config: TrainConfig,
     steps_per_epoch: int,
     precision: str,
+    weights: str | None = None,
 ) -> tuple[Any, Any]:
     """(inference model, compiled training model).
 
     The training model is the augmentation layers (when ``augment``) followed by the
     inference model, sharing its weights; only the inference model is ever saved.
+    ``weights`` are a backbone's initial weights (imagenet, none, a file; None: random).
     """
     from catsdogs.model import build_augmentation, build_model, build_trainer
 
     keras = import_keras()
     keras.utils.set_random_seed(train_config.seed)
     policy = "mixed_float16" if precision == "mixed" else None
-    model = build_model(model_config, dtype_policy=policy)
+    model = build_model(model_config, dtype_policy=policy, weights=weights)
     augmentation = build_augmentation(train_config.seed) if train_config.augment else None
     trainer = build_trainer(model, augmentation)
+    compile_trainer(trainer, model_config, train_config,
+                    make_learning_rate(train_config, steps_per_epoch), precision)
+    return model, trainer
+
+
+def compile_trainer(trainer: Any, model_config: ModelConfig, train_config: TrainConfig,
+                    learning_rate: Any, precision: str) -> None:
+    """Compile ``trainer`` with a new optimizer at ``learning_rate`` (a rate or a schedule)."""
+    keras = import_keras()
     binary = model_config.num_classes == 2
     loss_class = keras.losses.BinaryCrossentropy if binary else keras.losses.CategoricalCrossentropy
-    optimizer = make_optimizer(
-        train_config.optimizer,
-        make_learning_rate(train_config, steps_per_epoch),
-        train_config.weight_decay,
-    )
+    optimizer = make_optimizer(train_config.optimizer, learning_rate, train_config.weight_decay)
     if precision == "mixed":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     trainer.compile(
@@ -197,7 +244,6 @@ def build_and_compile(
         metrics=["accuracy"],
         jit_compile={"auto": "auto", "on": True, "off": False}[train_config.jit_compile],
     )
-    return model, trainer
 
 
 class BatchProgress(import_keras().callbacks.Callback):
@@ -235,6 +281,7 @@ class BestEpoch(import_keras().callbacks.Callback):
         self.best_weights: list[np.ndarray] | None = None
         self.epoch_started = 0.0
         self.stopped_early = False
+        self.stage_start = 0  # patience counts from here too (the fine-tuning stage's start)
 
     @property
     def target(self) -> Any:
@@ -265,7 +312,7 @@ class BestEpoch(import_keras().callbacks.Callback):
         self.rows.append(row)
         if self.report is not None:
             self.report(row)
-        if self.patience and epoch + 1 - self.best_epoch >= self.patience:
+        if self.patience and epoch + 1 - max(self.best_epoch, self.stage_start) >= self.patience:
             self.stopped_early = True
             self.model.stop_training = True
 
@@ -399,6 +446,7 @@ def fit_model(
     epochs: int,
     initial_epoch: int,
     callbacks: Sequence[Any],
+    class_weight: dict[int, float] | None = None,
 ) -> bool:
     """``trainer.fit``; True when it was interrupted (Ctrl-C) rather than finished."""
     try:
@@ -408,6 +456,7 @@ def fit_model(
             epochs=epochs,
             initial_epoch=initial_epoch,
             callbacks=list(callbacks),
+            class_weight=class_weight,
             shuffle=False,  # the batches shuffle themselves, seeded by epoch (resumable)
             verbose=0,
         )
@@ -428,6 +477,8 @@ def train(
     on_batch: BatchReport | None = None,
     on_start: Callable[[Any, str], None] | None = None,
     callbacks: Sequence[Any] = (),
+    on_data: Callable[[ClassBalance], None] | None = None,
+    tensorboard: str | Path | None = None,
 ) -> TrainResult:
     """Train a classifier on the prepared dataset at ``data`` and save it to ``out``.
 
@@ -436,6 +487,12 @@ def train(
     the model is built, ``on_batch(step, steps, logs)`` after every training batch,
     ``on_epoch(row)`` after every epoch; ``callbacks`` are extra Keras callbacks, run after
     ours. The weights of the best epoch by ``train_config.monitor`` are the ones saved.
+    ``on_data(balance)`` is called once the split is made, with the photos per class
+    (:class:`ClassBalance`). ``tensorboard`` is a folder for Keras' TensorBoard logs
+    (ValueError at once, before any work, when TensorFlow or TensorBoard is not installed).
+
+    With ``model_config.backbone``, the backbone is frozen for ``train_config.epochs``, then
+    its top layers are trained for ``fine_tune_epochs`` more (:func:`fine_tune`).
 
     With ``resume``, the run interrupted in ``out``'s checkpoint is continued with the
     configuration it was started with (``model_config`` and ``train_config`` are ignored).
@@ -447,8 +504,11 @@ def train(
     """
     # Choose the strategy before any TensorFlow op runs. Only the chief locks and writes
     # --out; other workers save to a scratch folder, removed once all workers are done.
+    if tensorboard is not None:
+        check_tensorboard()
     plan = distribute.plan()
-    hooks = Hooks(on_epoch, on_batch, on_start, tuple(callbacks))
+    hooks = Hooks(on_epoch, on_batch, on_start, tuple(callbacks), on_data,
+                  Path(tensorboard) if tensorboard is not None else None)
     result = _train(Path(data), plan.output_folder(Path(out)), model_config, train_config,
                     plan=plan, force=force, resume=resume, hooks=hooks)
     plan.finish()
@@ -463,6 +523,8 @@ class Hooks:
     on_batch: BatchReport | None = None
     on_start: Callable[[Any, str], None] | None = None
     callbacks: tuple[Any, ...] = ()
+    on_data: Callable[[ClassBalance], None] | None = None
+    tensorboard: Path | None = None
 
 
 @dataclass
@@ -483,6 +545,9 @@ class Run:
     trainer: Any = None
     keeper: BestEpoch | None = None
     interrupted: bool = False
+    balance: ClassBalance | None = None
+    fine_tuned_layers: int = 0
+    checkpoint_static: dict[str, Any] | None = None  # what every checkpoint's state.json says
 
     @property
     def initial_epoch(self) -> int:
@@ -554,6 +619,9 @@ def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
                                        channels=dataset.channels,
                                        num_classes=len(dataset.classes))
     model_config.validate()
+    if train_config.fine_tune_epochs and model_config.backbone == "none":
+        raise ValueError("--fine-tune-epochs fine-tunes a pretrained backbone: use it with "
+                         "--backbone")
     return Run(data, dataset, model_config, train_config, plan, partial, state,
                split_rows(dataset, train_config))
 
@@ -598,13 +666,20 @@ def make_callbacks(run: Run, hooks: Hooks) -> list[Any]:
         "model": run.model_config.to_dict(),
         "training": config.to_dict(),
         "dataset_fingerprint": run.dataset.info.get("fingerprint"),
+        "fine_tuning": bool(run.fine_tuned_layers),  # a checkpoint of the second stage
     }
+    run.checkpoint_static = static
     ours: list[Any] = [run.keeper]
     if plateau is not None:
         ours.append(plateau)
     ours.append(Checkpoint(run.partial, run.keeper, static, plateau))
     if hooks.on_batch is not None:
         ours.append(BatchProgress(hooks.on_batch))
+    if hooks.tensorboard is not None:
+        keras = import_keras()
+        # Epoch scalars (loss, accuracy, their val_ twins, the learning rate), no graph
+        ours.append(keras.callbacks.TensorBoard(log_dir=str(hooks.tensorboard),
+                                                update_freq="epoch", write_graph=False))
     return [*ours, *hooks.callbacks]
 
 
@@ -613,11 +688,18 @@ def fit(run: Run, hooks: Hooks, out: Path) -> None:
     ``run.model`` afterwards."""
     train_batches, val_batches, steps_per_epoch = make_batches(run)
     config, plan = run.train_config, run.plan
+    run.balance = class_balance(run)
+    if hooks.on_data is not None:
+        hooks.on_data(run.balance)
     with device_scope(config) as device:
         run.precision = resolve_precision(config, device)
         with plan.scope():  # variables mirrored over the replicas
-            run.model, run.trainer = build_and_compile(run.model_config, config,
-                                                       steps_per_epoch, run.precision)
+            # A resumed run's weights come from its checkpoint: nothing to download.
+            run.model, run.trainer = build_and_compile(
+                run.model_config, config, steps_per_epoch, run.precision,
+                weights=None if run.state else config.weights)
+            if fine_tuning(run) and run.state and run.state.get("fine_tuning"):
+                start_fine_tuning(run)  # resumed in the fine-tuning stage
         # Weights + optimizer state + archive overhead: refuse a too-full disk now, not
         # after training.
         safeio.check_free_space(out, 12 * run.model.count_params() + (64 << 10), "the model")
@@ -629,9 +711,80 @@ def fit(run: Run, hooks: Hooks, out: Path) -> None:
         with plan.scope():
             run.interrupted = run.initial_epoch < config.epochs and fit_model(
                 run.trainer, train_batches, val_batches, config.epochs, run.initial_epoch,
-                callbacks,
+                callbacks, class_weight=loss_weights(run),
             )
+            if fine_tuning(run) and not run.interrupted:
+                run.interrupted = fine_tune(run, train_batches, val_batches, callbacks)
     run.keeper.restore()
+
+
+def class_balance(run: Run) -> ClassBalance:
+    """The training split's photos per class, and the class weights of ``--class-weight``."""
+    labels = run.dataset.manifest["label"].to_numpy()[run.split.train].astype(np.int64)
+    classes = run.dataset.classes
+    counts = np.bincount(labels, minlength=len(classes))
+    weights = None
+    if run.train_config.class_weight == "balanced":
+        by_index = balanced_class_weights(labels, len(classes))
+        weights = {classes[index]: round(value, 6) for index, value in by_index.items()}
+    return ClassBalance({name: int(count) for name, count in zip(classes, counts, strict=True)},
+                        weights)
+
+
+def loss_weights(run: Run) -> dict[int, float] | None:
+    """The ``class_weight`` argument of ``fit``: class index → weight, or None."""
+    if run.balance is None or run.balance.weights is None:
+        return None
+    return {run.dataset.classes.index(name): value
+            for name, value in run.balance.weights.items()}
+
+
+def fine_tuning(run: Run) -> bool:
+    """Whether this run has a fine-tuning stage (a backbone and ``fine_tune_epochs``)."""
+    return run.model_config.backbone != "none" and run.train_config.fine_tune_epochs > 0
+
+
+def start_fine_tuning(run: Run) -> None:
+    """Unfreeze the top of the backbone and compile again at the fine-tuning rate."""
+    from catsdogs.backbone import unfreeze_top
+
+    config = run.train_config
+    run.fine_tuned_layers = unfreeze_top(run.model, config.fine_tune_layers)
+    compile_trainer(run.trainer, run.model_config, config, config.fine_tune_learning_rate,
+                    run.precision)
+    if run.checkpoint_static is not None:  # later checkpoints are of this stage
+        run.checkpoint_static["fine_tuning"] = True
+
+
+def fine_tune(run: Run, train_batches: Any, val_batches: Any, callbacks: Sequence[Any]) -> bool:
+    """The second stage of a backbone run: from the best epoch of the frozen stage, train the
+    top of the backbone too, at ``fine_tune_learning_rate``, for ``fine_tune_epochs``.
+    True when interrupted."""
+    config = run.train_config
+    total = config.epochs + config.fine_tune_epochs
+    start = max(run.initial_epoch, config.epochs)
+    if start >= total:
+        return False
+    if not run.fine_tuned_layers:  # the frozen stage has just run (or was resumed at its end)
+        run.keeper.restore()
+        start_fine_tuning(run)
+    run.keeper.stage_start = config.epochs
+    run.keeper.stopped_early = False  # patience applies to each stage
+    return fit_model(run.trainer, train_batches, val_batches, total, start, callbacks,
+                     class_weight=loss_weights(run))
+
+
+def check_tensorboard() -> None:
+    """ValueError unless Keras' TensorBoard callback can write logs here: it needs
+    TensorFlow's summary writer and the tensorboard package."""
+    from importlib.util import find_spec
+
+    if find_spec("tensorflow") is None:
+        raise ValueError("--tensorboard needs TensorFlow, which is not installed "
+                         "(pip install tensorflow tensorboard); nothing was trained")
+    if find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package (pip install "
+                         "tensorboard); nothing was trained")
 
 
 def model_info(run: Run) -> dict[str, Any]:
@@ -658,6 +811,9 @@ def model_info(run: Run) -> dict[str, Any]:
         "device": run.device,
         "distribution": run.plan.to_dict(run.train_config.batch_size),
         "precision": run.precision,
+        "class_counts": run.balance.counts if run.balance else None,
+        "class_weights": run.balance.weights if run.balance else None,
+        "fine_tuned_layers": run.fine_tuned_layers,
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "catsdogs_version": __version__,
@@ -683,6 +839,8 @@ def train_result(run: Run, out: Path, seconds: float) -> TrainResult:
         resumed_from=run.initial_epoch,
         checkpoint=run.partial if run.interrupted and run.partial.exists() else None,
         precision=run.precision,
+        balance=run.balance,
+        fine_tune_from=run.train_config.epochs + 1 if run.fine_tuned_layers else 0,
         worker_index=run.plan.worker_index,
         num_workers=run.plan.num_workers,
     )

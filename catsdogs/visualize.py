@@ -29,6 +29,7 @@ from data_prep.images import ImageError, load_image
 FORMAT = "catsdogs-visualization/1"
 MARKER = "visualization.json"
 MAX_CHANNELS = 32
+MAX_FEATURE_LAYERS = 8  # more convolutions (a pretrained backbone): one per resolution
 DISPLAY_SIZE = 256
 
 
@@ -65,7 +66,11 @@ def panel_grid(plt: Any, count: int, cell: tuple[float, float], title_room: floa
 
 
 def layer_outputs(model: Any, batch: np.ndarray) -> list[tuple[Any, np.ndarray]]:
-    """Every layer of the model with its output for ``batch``, in order (inference mode)."""
+    """Every layer of the model with its output for ``batch``, in order (inference mode).
+
+    A model nested in a Sequential (a pretrained backbone) gives its own layers' outputs
+    too, before its own.
+    """
     from catsdogs.backend import keras as import_keras
 
     keras = import_keras()
@@ -73,12 +78,30 @@ def layer_outputs(model: Any, batch: np.ndarray) -> list[tuple[Any, np.ndarray]]
     if isinstance(model, keras.Sequential):
         x = keras.ops.convert_to_tensor(batch)
         for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                outputs.extend(layer_outputs(layer, keras.ops.convert_to_numpy(x)))
             x = layer(x, training=False)
             outputs.append((layer, keras.ops.convert_to_numpy(x)))
         return outputs
     probe = keras.Model(model.inputs, [layer.output for layer in model.layers[1:]])
     values = probe.predict_on_batch(batch)
     return list(zip(model.layers[1:], [np.asarray(v) for v in values], strict=True))
+
+
+def chosen_convolutions(convolutions: list[tuple[Any, np.ndarray]]
+                        ) -> list[tuple[Any, np.ndarray]]:
+    """All convolutions when there are at most ``MAX_FEATURE_LAYERS``; otherwise (a
+    pretrained backbone's dozens) the first, and the last at each resolution, leaving out
+    1×1 maps (squeeze-and-excitation)."""
+    if len(convolutions) <= MAX_FEATURE_LAYERS:
+        return convolutions
+    spatial = [(layer, value) for layer, value in convolutions[1:] if value.shape[1] > 1]
+    kept = [convolutions[0]]
+    for index, (layer, value) in enumerate(spatial):
+        last = index + 1 == len(spatial) or spatial[index + 1][1].shape[1] != value.shape[1]
+        if last:
+            kept.append((layer, value))
+    return kept
 
 
 def occlusion_map(
@@ -187,8 +210,8 @@ def draw_feature_maps(folder: Path, model: Any, pixels: np.ndarray, verdict: str
 
     keras, plt = import_keras(), pyplot()
     layers = layer_outputs(model, pixels[None].astype("float32"))
-    convolutions = [(layer, value) for layer, value in layers
-                    if isinstance(layer, keras.layers.Conv2D)]
+    convolutions = chosen_convolutions([(layer, value) for layer, value in layers
+                                        if isinstance(layer, keras.layers.Conv2D)])
     if not convolutions:
         raise ValueError(f"{keras_path} has no Conv2D layer to visualize")
     for number, (layer, value) in enumerate(convolutions, start=1):

@@ -137,3 +137,18 @@ def test_one_class_only_and_no_photos_give_none():
     assert empty["n"] == 0
     assert empty["accuracy"] is empty["roc_auc"] is empty["log_loss"] is None
     assert empty["precision"] == empty["recall"] == {"cats": None, "dogs": None}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_balanced_accuracy_matches_sklearn(seed, num_classes):
+    true, predicted, scores = random_case(seed, num_classes)
+    # a rare class, so that balanced and plain accuracy differ
+    keep = (true != 0) | (np.arange(len(true)) % 4 == 0)
+    true, predicted, scores = true[keep], predicted[keep], scores[keep]
+    names = [f"c{k}" for k in range(num_classes)]
+    ours = compute_metrics(true, predicted, scores, names)
+    assert ours["balanced_accuracy"] == pytest.approx(
+        metrics.balanced_accuracy_score(true, predicted), rel=1e-12)
+    assert ours["recall"]["c0"] == pytest.approx(
+        metrics.recall_score(true, predicted, labels=[0], average=None)[0], rel=1e-12)

@@ -92,7 +92,8 @@ def test_invalid_toml_and_missing_file(runner, tmp_path):
     missing = str(tmp_path / "none.toml")
     message = invoke_usage_error(runner, ["train", "--config", missing])
     assert message == (f"Error: Invalid value for '--config': no file {missing!r}, and no "
-                       "built-in recipe of that name (built-in: article, demo, lenet, mnist)")
+                       "built-in recipe of that name (built-in: article, demo, lenet, mnist, "
+                       "transfer)")
     message = invoke_usage_error(runner, ["train", "--config", str(tmp_path)])
     assert message == f"Error: Invalid value for '--config': {str(tmp_path)!r} is not a file"
 
