@@ -332,8 +332,8 @@ class TrainConfig:
         "contrast (slower); none (also --no-augment).", choices=AUGMENTS,
         legacy={True: "crop", False: "none"}, commands=("train",))
     ema: float = setting(
-        0.99, "Momentum (per step) of the moving average of the weights that is validated "
-        "and saved, lowered for runs under ~1,000 steps; 0 for none: the trained weights.",
+        0.0, "Momentum (per step) of the moving average of the weights that is validated "
+        "and saved (e.g. 0.99), lowered for runs under ~1,000 steps; 0: none.",
         min=0, max=1, max_open=True, commands=("train",))
     budget: Duration = setting(
         0.0, "Train for this long (90s, 5m, 1h, set-up included): the epochs and the "

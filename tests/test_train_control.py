@@ -93,7 +93,7 @@ def test_interrupted_run_saves_best_so_far_and_resume_continues(prepared, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("changes", [{}, {"augment": "crop", "ema": 0.0}])
+@pytest.mark.parametrize("changes", [{"ema": 0.9}, {"augment": "crop"}])
 def test_resumed_run_matches_an_uninterrupted_one(prepared, tmp_path, changes):
     """Weights, optimizer state (the weights' moving average included), schedule position,
     data order and the pipeline's augmentation all carry over: without dropout, the resumed
