@@ -292,6 +292,9 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
             --fine-tune-epochs 5                         # transfer learning
         catsdogs train --class-weight balanced --tensorboard logs
     """
+    import time
+
+    started = time.perf_counter()  # a --budget counts from here, loading Keras included
     from catsdogs.train import train as train_model
 
     # The image size and channels come from the dataset: train checks the blocks fit them.
@@ -309,8 +312,10 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     for key, value, path in ignored_settings(ctx):
         click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
                    "prepared dataset", err=True)
+    if train_config.budget and ctx.get_parameter_source("epochs").name == "DEFAULT":
+        train_config.epochs = 10_000  # --budget alone: the time decides the epochs
     progress = TrainProgress(planned_epochs(model_config.backbone, train_config.epochs,
-                                            train_config.fine_tune_epochs))
+                                            train_config.fine_tune_epochs), train_config.budget)
     if model_config.backbone != "none" and train_config.fine_tune_epochs:
         progress.fine_tune_from = train_config.epochs + 1
     if resume:
@@ -318,7 +323,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     result = train_model(data, out, model_config, train_config, force=force, resume=resume,
                          on_start=progress.on_start, on_epoch=progress.on_epoch,
                          on_batch=progress.on_batch if progress.terminal else None,
-                         on_data=report_balance, tensorboard=tensorboard)
+                         on_data=report_balance, tensorboard=tensorboard,
+                         on_plan=progress.on_plan, started=started)
     progress.clear()
     report_training(result, data, out, train_config.patience)
 
@@ -329,12 +335,20 @@ class TrainProgress:
     The bar is drawn only on a terminal; piped or redirected, one line per epoch.
     """
 
-    def __init__(self, total_epochs: int) -> None:
+    def __init__(self, total_epochs: int, budget: float = 0.0) -> None:
         import sys
 
         self.total_epochs = total_epochs
         self.terminal = sys.stdout.isatty()
         self.fine_tune_from = 0  # the first epoch of a backbone's fine-tuning stage
+        self.budget = budget
+        self.planned = 0
+
+    def on_plan(self, epochs: int, epoch_seconds: float) -> None:
+        """--budget: say how many epochs it allows, once, when the first epoch is timed."""
+        if not self.planned:
+            click.echo(budget_line(self.budget, epochs, epoch_seconds, "allows"))
+        self.planned = self.total_epochs = epochs
 
     def on_start(self, model: Any, device_name: str) -> None:
         from catsdogs.backend import training_hint
@@ -374,6 +388,15 @@ class TrainProgress:
         """Rub out the progress bar (on a terminal)."""
         if self.terminal:
             click.echo("\r\033[K", nl=False)
+
+
+def budget_line(budget: float, epochs: int, epoch_seconds: float, verb: str) -> str:
+    """``The 5m budget allows 37 epochs (7.9 s each).``"""
+    from catsdogs.config import format_duration
+
+    name = f"{format_duration(budget)} " if budget else ""  # a resumed run's own budget
+    return (f"The {name}budget {verb} {epochs} epoch"
+            f"{'s' if epochs != 1 else ''} ({epoch_seconds:.1f} s each).")
 
 
 def resume_banner(out: Path) -> int:
@@ -422,6 +445,9 @@ def report_training(result: Any, data: Path, out: Path, patience: int) -> None:
         f"val_loss {best.get('val_loss', 0):.4f} ({result.num_train:,} training photos, "
         f"{result.num_validation:,} validation, {result.seconds:.0f} s)"
     )
+    if result.budget:
+        click.echo(budget_line(result.budget, result.budget_epochs, result.epoch_seconds,
+                               "allowed"))
     if result.worker_index == 0:
         click.echo(f"Saved model to {out} (model.keras, model.json, history.csv, curves.png)")
         from catsdogs.export import skipped_note

@@ -29,6 +29,7 @@ JIT_COMPILE = ("auto", "on", "off")
 BACKBONES = ("none", "mobilenet_v3_small", "efficientnet_b0")
 BACKBONE_MIN_SIZE = 32
 CLASS_WEIGHTS = ("none", "balanced")
+AUGMENTS = ("crop", "layers", "none")
 # Batch normalization is on by default ("auto") from this many blocks: deep enough to need it,
 # while one- and two-block models (the classic article's) stay plain.
 BATCH_NORM_AUTO_BLOCKS = 3
@@ -49,6 +50,7 @@ def setting(
     default_text: str | None = None,
     zero_means_none: bool = False,
     commands: tuple[str, ...] = TRAIN_AND_SUMMARY,
+    legacy: dict[Any, Any] | None = None,
 ) -> Any:
     """A dataclass field that describes a command-line setting.
 
@@ -57,12 +59,14 @@ def setting(
     tuple), exclusive where ``min_open``/``max_open``; ``choices`` lists the allowed strings.
     ``default_text`` is shown instead of the default in help; ``zero_means_none`` lets a
     tuple be given as ``0`` for "none". ``commands`` are those that take the option.
-    Choices may be numbers (``(1, 3)``) for a whole-number setting.
+    Choices may be numbers (``(1, 3)``) for a whole-number setting. ``legacy`` maps values of
+    an older form of the setting (``True``) to their meaning now (``"crop"``), so old
+    ``model.json`` files and recipes still load; a ``False`` key also makes ``--no-OPTION``.
     """
     metadata = {
         "help": help, "option": option, "min": min, "max": max, "min_open": min_open,
         "max_open": max_open, "choices": choices, "default_text": default_text,
-        "zero_means_none": zero_means_none, "commands": commands,
+        "zero_means_none": zero_means_none, "commands": commands, "legacy": legacy or {},
     }
     if isinstance(default, (list, tuple)):
         return dataclasses.field(default=tuple(default), metadata=metadata)
@@ -90,6 +94,14 @@ class Setting:
     zero_means_none: bool
     commands: tuple[str, ...]
     group: str  # "model" or "training"
+    legacy: dict[Any, Any] = dataclasses.field(default_factory=dict)
+
+    def upgrade(self, value: Any) -> Any:
+        """``value``, or what it means now when it is a legacy value (``True`` → ``"crop"``)."""
+        for old, new in self.legacy.items():
+            if value is old or (type(value) is type(old) and value == old):
+                return new
+        return value
 
     def check(self, value: Any) -> None:
         """Raise ValueError when ``value`` (or an element of a tuple) is outside the bounds or
@@ -98,7 +110,7 @@ class Setting:
         if self.choices is not None and any(item not in self.choices for item in items):
             raise ValueError(f"{self.option} must be one of "
                              f"{', '.join(map(str, self.choices))}, got {value!r}")
-        if self.kind not in ("int", "float", "tuple[int]", "int|tuple[int]"):
+        if self.kind not in ("int", "float", "duration", "tuple[int]", "int|tuple[int]"):
             return
         numbers = items
         for number in numbers:
@@ -114,7 +126,10 @@ class Setting:
 
 KINDS = {"int": "int", "float": "float", "str": "str", "bool": "bool",
          "bool | None": "bool|None", "tuple[int, ...]": "tuple[int]",
-         "int | tuple[int, ...]": "int|tuple[int]", "str | tuple[str, ...]": "str|tuple[str]"}
+         "int | tuple[int, ...]": "int|tuple[int]", "str | tuple[str, ...]": "str|tuple[str]",
+         "Duration": "duration"}
+# A length of time in seconds, given as text: 90s, 5m, 1h, 1h30m (see parse_duration).
+Duration = float
 LIST_KINDS = ("tuple[int]", "int|tuple[int]")
 PER_BLOCK_KINDS = ("int|tuple[int]", "str|tuple[str]")
 
@@ -132,7 +147,7 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
             min=meta["min"], max=meta["max"], min_open=meta["min_open"],
             max_open=meta["max_open"], choices=meta["choices"],
             default_text=meta["default_text"], zero_means_none=meta["zero_means_none"],
-            commands=meta["commands"], group=group,
+            commands=meta["commands"], group=group, legacy=meta["legacy"],
         ))
     return tuple(found)
 
@@ -148,7 +163,8 @@ def check_settings(config: Any) -> None:
     Lists (from ``model.json``) become tuples first.
     """
     for item in settings_of(type(config)):
-        value = getattr(config, item.field)
+        value = item.upgrade(getattr(config, item.field))
+        setattr(config, item.field, value)
         if item.kind in LIST_KINDS and isinstance(value, (list, tuple)):
             setattr(config, item.field, tuple(int(unit) for unit in value))
         elif item.kind == "str|tuple[str]" and isinstance(value, (list, tuple)):
@@ -332,9 +348,21 @@ class TrainConfig:
     label_smoothing: float = setting(
         0.1, "Label smoothing of the cross-entropy loss.", min=0, max=1, max_open=True,
         commands=("train",))
-    augment: bool = setting(
-        True, "Random flips, rotations, zooms, shifts and contrast while training (never at "
-        "prediction).", commands=("train",))
+    augment: str = setting(
+        "crop", "Augmentation while training (never at prediction). crop: random resized "
+        "crops, mirror flips, brightness, contrast and saturation, done on the photos in the "
+        "input pipeline; layers: Keras layers for flips, rotations, zooms, shifts and "
+        "contrast (slower); none (also --no-augment).", choices=AUGMENTS,
+        legacy={True: "crop", False: "none"}, commands=("train",))
+    ema: float = setting(
+        0.0, "Momentum (per step) of the moving average of the weights that is validated "
+        "and saved (e.g. 0.99), lowered for runs under ~1,000 steps; 0: none.",
+        min=0, max=1, max_open=True, commands=("train",))
+    budget: Duration = setting(
+        0.0, "Train for this long (90s, 5m, 1h, set-up included): the epochs and the "
+        "learning-rate schedule are fitted to it from the measured epoch time; 0 for no "
+        "limit. With --epochs, whichever ends first.", min=0, default_text="none",
+        commands=("train",))
     monitor: str = setting("val_loss", "Validation metric that picks the best epoch.",
                            choices=MONITORS, commands=("train",))
     patience: int = setting(
@@ -380,6 +408,39 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str | float) -> float:
+    """``"90s"`` → 90.0, ``"5m"`` → 300.0, ``"1h30m"`` → 5400.0, ``"45"`` → 45.0 (seconds)."""
+    import re
+
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        compact = str(text).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smh]?)", compact)
+        if not compact or "".join(number + unit for number, unit in parts) != compact \
+                or len(parts) > 1 and any(not unit for _, unit in parts):
+            raise ValueError(f"a duration is a number with s, m or h (90s, 5m, 1h30m), "
+                             f"got {text!r}")
+        seconds = sum(float(number) * DURATION_UNITS[unit or "s"] for number, unit in parts)
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """300 → ``"5m"``, 5400 → ``"1h30m"``, 90 → ``"90s"``, 0 → ``"0"``."""
+    if seconds <= 0:
+        return "0"
+    whole = int(round(seconds))
+    if whole != seconds or whole % 60:
+        return f"{seconds:g}s"
+    hours, minutes = divmod(whole // 60, 60)
+    return (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
 
 
 def parse_int_list(text: str, option: str = "dense", zero_means_none: bool = True

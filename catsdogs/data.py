@@ -41,7 +41,9 @@ class ImageBatches(keras.utils.PyDataset):
     layer converts them to float32 inside the compiled step.
     With ``shuffle`` the order of each epoch is drawn from a generator seeded by
     ``(seed, epoch)``, so a run is reproducible, and a resumed run (``start_epoch``) sees
-    the same order an uninterrupted one would have.
+    the same order an uninterrupted one would have. With ``augment`` each batch is
+    :func:`augment_batch`-ed with a generator seeded by ``(seed, epoch, batch index)``, so a
+    resumed run replays the same augmentation too.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class ImageBatches(keras.utils.PyDataset):
         seed: int = 0,
         num_classes: int = 2,
         start_epoch: int = 0,
+        augment: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -73,6 +76,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.augment = augment
         self.epoch = start_epoch
         self.order = self._order_for(self.epoch)
 
@@ -87,8 +91,65 @@ class ImageBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         x = np.asarray(self.images[chosen])  # sorted reads are sequential on disk
+        if self.augment:
+            x = augment_batch(x, np.random.default_rng([self.seed, self.epoch, index]))
         return x, self.labels[chosen]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order_for(self.epoch)
+
+
+# Random resized crop: the share of the photo's area kept, and the crop's aspect ratio.
+CROP_AREA = (0.35, 1.0)
+CROP_ASPECT = (3 / 4, 4 / 3)
+# Brightness, contrast and saturation are each scaled by a factor drawn in this range.
+JITTER = (0.8, 1.2)
+
+
+def crop_box(side: int, rng: np.random.Generator, tries: int = 10
+             ) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop of a ``side``-pixel square photo: a
+    share of the area drawn in ``CROP_AREA``, an aspect ratio log-uniform in ``CROP_ASPECT``;
+    the whole photo when ``tries`` draws do not fit."""
+    low, high = np.log(CROP_ASPECT[0]), np.log(CROP_ASPECT[1])
+    for _ in range(tries):
+        area = rng.uniform(*CROP_AREA) * side * side
+        aspect = np.exp(rng.uniform(low, high))
+        width = int(round(np.sqrt(area * aspect)))
+        height = int(round(np.sqrt(area / aspect)))
+        if 0 < width <= side and 0 < height <= side:
+            top = int(rng.integers(0, side - height + 1))
+            left = int(rng.integers(0, side - width + 1))
+            return top, left, height, width
+    return 0, 0, side, side
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A new uint8 batch (N, S, S, C): each photo a random resized crop (back to S×S),
+    mirrored with probability 1/2, then brightness, contrast and (colour photos only)
+    saturation scaled by factors drawn in ``JITTER``. OpenCV and numpy only, so the same on
+    every Keras backend; OpenCV's thread count (``cv2.setNumThreads``) applies."""
+    import cv2
+
+    count, side, channels = images.shape[0], images.shape[1], images.shape[-1]
+    out = np.empty(images.shape, dtype=np.float32)
+    for number in range(count):
+        top, left, height, width = crop_box(side, rng)
+        crop = images[number, top:top + height, left:left + width]
+        if (height, width) != (side, side):
+            crop = cv2.resize(crop, (side, side), interpolation=cv2.INTER_LINEAR)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[number] = crop.reshape(side, side, channels)
+    brightness, contrast, saturation = (
+        rng.uniform(*JITTER, size=(count, 1, 1, 1)).astype(np.float32) for _ in range(3))
+    if channels == 3:
+        gray = out @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        gray = gray[..., np.newaxis]
+        out = gray + saturation * (out - gray)
+    else:
+        gray = out
+    mean = gray.mean(axis=(1, 2, 3), keepdims=True)
+    out = (mean + contrast * (out - mean)) * brightness
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

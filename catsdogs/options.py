@@ -20,6 +20,7 @@ from catsdogs.config import (
     Setting,
     TrainConfig,
     all_settings,
+    parse_duration,
     parse_int_list,
     settings_of,
 )
@@ -70,6 +71,40 @@ class StrList(click.ParamType):
         return words[0] if len(words) == 1 else words  # one word: the same for every block
 
 
+class DurationType(click.ParamType):
+    """A length of time (``90s``, ``5m``, ``1h``) as seconds."""
+
+    name = "DURATION"
+
+    def __init__(self, item: Setting) -> None:
+        self.setting = item
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        try:
+            seconds = parse_duration(value)
+            self.setting.check(seconds)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+        return seconds
+
+
+def legacy_off_option(item: Setting) -> Callable[[Callable], Callable]:
+    """``--no-OPTION`` of a setting that used to be on/off: the value ``False`` means now."""
+    value = item.legacy[False]
+
+    def set_default(ctx: click.Context, param: click.Parameter, given: bool) -> None:
+        if given and not ctx.resilient_parsing:
+            ctx.default_map = {**(ctx.default_map or {}), item.field: value}
+
+    return click.option(f"--no-{item.option}", is_flag=True, expose_value=False,
+                        is_eager=True, callback=set_default,
+                        help=f"Same as --{item.option} {value}.")
+
+
 def to_str_tuple(value: Any, item: Setting) -> tuple[str, ...]:
     """A tuple of strings from text (``"same,valid"``) or a list of strings."""
     if isinstance(value, (list, tuple)):
@@ -114,6 +149,8 @@ def click_type(item: Setting) -> Any:
         return IntList(item)
     if item.kind == "str|tuple[str]":
         return StrList(item)
+    if item.kind == "duration":
+        return DurationType(item)
     if item.choices is not None:
         return click.Choice(item.choices)
     if item.kind == "int":
@@ -146,6 +183,8 @@ def setting_options(command: str) -> Callable[[Callable], Callable]:
     from catsdogs.recipe import load_recipe_option
 
     options = [make_option(item) for item in command_settings(command)]
+    options += [legacy_off_option(item) for item in command_settings(command)
+                if False in item.legacy]
     options.append(click.option(
         "--config", metavar="FILE|NAME", expose_value=False, is_eager=True,
         callback=load_recipe_option,

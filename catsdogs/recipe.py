@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from catsdogs.config import ModelConfig, Setting, TrainConfig, all_settings
+from catsdogs.config import ModelConfig, Setting, TrainConfig, all_settings, format_duration
 
 # Options that describe one run rather than a recipe: never read from a file.
 COMMAND_LINE_ONLY = ("data", "out", "resume", "force", "config", "print-config",
@@ -31,6 +31,7 @@ KIND_WORDS = {
     "bool|None": 'true, false or "auto"', "tuple[int]": "a list of whole numbers",
     "int|tuple[int]": "a whole number or a list of them",
     "str|tuple[str]": "a string or a list of them",
+    "duration": 'a duration ("90s", "5m", "1h") or a number of seconds',
 }
 
 
@@ -104,12 +105,15 @@ def has_kind(value: Any, kind: str) -> bool:
         return isinstance(value, bool) or value == "auto"
     if kind == "str|tuple[str]":
         return isinstance(value, (str, list))
+    if kind == "duration":
+        return whole or isinstance(value, (float, str))
     return whole or isinstance(value, (str, list))  # lists: 0, "256,64", [256, 64]
 
 
 def checked_value(ctx: click.Context, item: Setting, key: str, value: Any, source: Path
                   ) -> Any:
     """``value`` converted and checked by the option's own click type, as if typed."""
+    value = item.upgrade(value)
     if not has_kind(value, item.kind):
         raise click.UsageError(f"{source}: {key} must be {KIND_WORDS[item.kind]}, "
                                f"got {value!r}")
@@ -163,6 +167,8 @@ def toml_value(value: Any, item: Setting) -> str:
     """One value in TOML."""
     if item.kind == "bool|None" and value is None:
         return '"auto"'
+    if item.kind == "duration":
+        return json.dumps(format_duration(value))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,10 @@ CHECKPOINT_FORMAT = "catsdogs-checkpoint/1"
 # after each epoch's reshuffle; with one, TensorFlow's prefetching may read the next
 # epoch's first batches before the reshuffle.
 TRAIN_WORKERS = 2
+# Seconds a --budget keeps for saving the model after the last epoch.
+BUDGET_SAVE_SECONDS = 3.0
+
+
 # The log suggests --class-weight balanced when a class has this many times the photos of
 # another.
 IMBALANCE_RATIO = 1.5
@@ -102,6 +107,9 @@ class TrainResult:
     precision: str = "float32"
     balance: ClassBalance | None = None
     fine_tune_from: int = 0  # the first fine-tuning epoch (1-based); 0: none
+    budget: float = 0.0  # seconds; 0: none
+    budget_epochs: int = 0  # the epochs the budget allowed, by the last estimate
+    epoch_seconds: float = 0.0  # the epoch time that estimate used
 
 
 @dataclass
@@ -123,19 +131,21 @@ def check_out_folder(out: Path, force: bool) -> None:
                              "a model")
 
 
-def make_optimizer(name: str, learning_rate: Any, weight_decay: float = 0.0):
-    """The named optimizer; ``weight_decay`` is decoupled (AdamW-style) for all of them."""
+def make_optimizer(name: str, learning_rate: Any, weight_decay: float = 0.0, ema: float = 0.0):
+    """The named optimizer; ``weight_decay`` is decoupled (AdamW-style) for all of them.
+    ``ema`` above 0 keeps a moving average of the weights with that momentum per step."""
     keras = import_keras()
     decay = weight_decay if weight_decay > 0 else None
+    average = {"use_ema": True, "ema_momentum": ema} if ema > 0 else {}
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
+        return keras.optimizers.Adam(learning_rate, weight_decay=decay, **average)
     if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay, **average)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True,
-                                    weight_decay=decay)
+                                    weight_decay=decay, **average)
     if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate, weight_decay=decay)
+        return keras.optimizers.RMSprop(learning_rate, weight_decay=decay, **average)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
@@ -149,8 +159,8 @@ def make_learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
     keras = import_keras()
     rate = float(config.learning_rate)
     total = max(1, config.epochs * steps_per_epoch)
-    if config.lr_schedule in ("constant", "plateau"):
-        return rate
+    if config.lr_schedule in ("constant", "plateau") or config.budget > 0:
+        return rate  # with a budget, Budget sets the rate of every step (budget_rate)
     if config.lr_schedule == "cosine":
         warmup = min(config.warmup_epochs * steps_per_epoch, total - 1)
         if warmup <= 0:
@@ -165,6 +175,34 @@ def make_learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
             [half, three_quarters], [rate, rate * 0.1, rate * 0.01]
         )
     raise ValueError(f"unknown learning-rate schedule {config.lr_schedule!r}")
+
+
+def budget_rate(config: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """The learning rate of ``step`` (from 0) of ``total``: the schedule of
+    :func:`make_learning_rate`, for a number of steps known only while training."""
+    rate = float(config.learning_rate)
+    total = max(1, total)
+    if config.lr_schedule == "cosine":
+        warmup = min(config.warmup_epochs * steps_per_epoch, total - 1)
+        if step < warmup:
+            return rate * (0.1 + 0.9 * step / warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+    if config.lr_schedule == "step":
+        half = max(1, total // 2)
+        return rate * (1.0 if step < half else 0.1 if step < max(half + 1, 3 * total // 4)
+                       else 0.01)
+    return rate
+
+
+def average_momentum(config: TrainConfig, steps_per_epoch: int) -> float:
+    """``config.ema``, lowered for short runs so that the average spans at most about the
+    last tenth of the steps (0.99 averages over ~100 steps: most of a 20-step run would be
+    the initial weights). 0: no average."""
+    if config.ema <= 0:
+        return 0.0
+    total = max(1, config.epochs * steps_per_epoch)
+    return min(config.ema, max(0.5, 1 - 10 / total))
 
 
 def training_rows(dataset: PreparedDataset) -> np.ndarray:
@@ -212,7 +250,7 @@ def build_and_compile(
 ) -> tuple[Any, Any]:
     """(inference model, compiled training model).
 
-    The training model is the augmentation layers (when ``augment``) followed by the
+    The training model is the augmentation layers (when ``augment`` is "layers") followed by the
     inference model, sharing its weights; only the inference model is ever saved.
     ``weights`` are a backbone's initial weights (imagenet, none, a file; None: random).
     """
@@ -222,20 +260,24 @@ def build_and_compile(
     keras.utils.set_random_seed(train_config.seed)
     policy = "mixed_float16" if precision == "mixed" else None
     model = build_model(model_config, dtype_policy=policy, weights=weights)
-    augmentation = build_augmentation(train_config.seed) if train_config.augment else None
+    augmentation = (build_augmentation(train_config.seed) if train_config.augment == "layers"
+                    else None)
     trainer = build_trainer(model, augmentation)
     compile_trainer(trainer, model_config, train_config,
-                    make_learning_rate(train_config, steps_per_epoch), precision)
+                    make_learning_rate(train_config, steps_per_epoch), precision,
+                    steps_per_epoch)
     return model, trainer
 
 
 def compile_trainer(trainer: Any, model_config: ModelConfig, train_config: TrainConfig,
-                    learning_rate: Any, precision: str) -> None:
-    """Compile ``trainer`` with a new optimizer at ``learning_rate`` (a rate or a schedule)."""
+                    learning_rate: Any, precision: str, steps_per_epoch: int) -> None:
+    """Compile ``trainer`` with a new optimizer at ``learning_rate`` (a rate or a schedule),
+    averaging the weights when ``train_config.ema`` asks for it."""
     keras = import_keras()
     binary = model_config.num_classes == 2
     loss_class = keras.losses.BinaryCrossentropy if binary else keras.losses.CategoricalCrossentropy
-    optimizer = make_optimizer(train_config.optimizer, learning_rate, train_config.weight_decay)
+    optimizer = make_optimizer(train_config.optimizer, learning_rate, train_config.weight_decay,
+                               average_momentum(train_config, steps_per_epoch))
     if precision == "mixed":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     trainer.compile(
@@ -374,12 +416,13 @@ class Checkpoint(import_keras().callbacks.Callback):
     """
 
     def __init__(self, folder: Path, keeper: BestEpoch, static: dict[str, Any],
-                 plateau: Any = None) -> None:
+                 plateau: Any = None, budget: Budget | None = None) -> None:
         super().__init__()
         self.folder = folder
         self.keeper = keeper
         self.static = static
         self.plateau = plateau
+        self.budget = budget
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -398,11 +441,82 @@ class Checkpoint(import_keras().callbacks.Callback):
             "best_weights": best if self.keeper.best_weights is not None else None,
             "keeper": self.keeper.state(),
             "plateau": plateau_state(self.plateau),
+            "budget": self.budget.state() if self.budget is not None else None,
         })
         safeio.write_json_atomic(self.folder / "state.json", state, indent=1)
         for child in self.folder.iterdir():
             if child.name not in ("state.json", weights, best):
                 child.unlink(missing_ok=True)
+
+
+class SwapAverage(import_keras().callbacks.SwapEMAWeights):
+    """Puts the moving average of the weights (``--ema``) into the model for validation and
+    at the end of every epoch, so the best epoch, the checkpoint and the saved model are the
+    averaged weights; the trained ones go back in at the start of the next epoch. Listed
+    first, so that the callbacks after it see the average. A checkpoint is written while the
+    average is in the model: ``resumed`` says so, and the first epoch swaps them back."""
+
+    def __init__(self, resumed: bool = False) -> None:
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
+
+
+class Budget(import_keras().callbacks.Callback):
+    """Fits the epochs and the learning rate to a time budget (``--budget``).
+
+    After every epoch the epochs that fit in the time left are counted from the measured
+    epoch time (the first epoch, which includes compiling, only until a second one is
+    measured); the learning rate of every step follows the schedule stretched over that many
+    epochs (:func:`budget_rate`), so it reaches its end when the time is up. Training stops
+    when no further epoch fits, and in the middle of an epoch once the time is over.
+    """
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int, seconds_left: float,
+                 started: float, planned: int = 0,
+                 report: Callable[[int, float], None] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.steps_per_epoch = steps_per_epoch
+        self.deadline = started + seconds_left
+        self.planned = planned or config.epochs
+        self.report = report
+        self.times: list[float] = []
+        self.epoch_seconds = 0.0
+        self.mark = started
+        self.epoch = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.mark = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        step = self.epoch * self.steps_per_epoch + batch
+        total = self.planned * self.steps_per_epoch
+        self.model.optimizer.learning_rate = budget_rate(self.config, step, total,
+                                                         self.steps_per_epoch)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if time.perf_counter() > self.deadline:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self.mark)
+        self.mark = now
+        self.epoch_seconds = float(np.median(self.times[1:] or self.times))
+        left = self.deadline - now - BUDGET_SAVE_SECONDS
+        fits = max(0, math.floor(left / max(self.epoch_seconds, 1e-6)))
+        self.planned = min(self.config.epochs, epoch + 1 + fits)
+        if self.planned <= epoch + 1:
+            self.model.stop_training = True
+        if self.report is not None:
+            self.report(self.planned, self.epoch_seconds)
+
+    def state(self) -> dict[str, Any]:
+        return {"seconds_left": max(0.0, self.deadline - time.perf_counter()),
+                "planned": self.planned, "epoch_seconds": self.epoch_seconds}
 
 
 class Plateau(import_keras().callbacks.ReduceLROnPlateau):
@@ -479,6 +593,8 @@ def train(
     callbacks: Sequence[Any] = (),
     on_data: Callable[[ClassBalance], None] | None = None,
     tensorboard: str | Path | None = None,
+    on_plan: Callable[[int, float], None] | None = None,
+    started: float | None = None,
 ) -> TrainResult:
     """Train a classifier on the prepared dataset at ``data`` and save it to ``out``.
 
@@ -490,6 +606,9 @@ def train(
     ``on_data(balance)`` is called once the split is made, with the photos per class
     (:class:`ClassBalance`). ``tensorboard`` is a folder for Keras' TensorBoard logs
     (ValueError at once, before any work, when TensorFlow or TensorBoard is not installed).
+    With ``train_config.budget``, ``on_plan(epochs, epoch_seconds)`` says after every epoch
+    how many epochs the budget allows, by the epoch time measured so far; the budget counts
+    from ``started`` (a ``time.perf_counter()``; default: now).
 
     With ``model_config.backbone``, the backbone is frozen for ``train_config.epochs``, then
     its top layers are trained for ``fine_tune_epochs`` more (:func:`fine_tune`).
@@ -508,9 +627,9 @@ def train(
         check_tensorboard()
     plan = distribute.plan()
     hooks = Hooks(on_epoch, on_batch, on_start, tuple(callbacks), on_data,
-                  Path(tensorboard) if tensorboard is not None else None)
+                  Path(tensorboard) if tensorboard is not None else None, on_plan)
     result = _train(Path(data), plan.output_folder(Path(out)), model_config, train_config,
-                    plan=plan, force=force, resume=resume, hooks=hooks)
+                    plan=plan, force=force, resume=resume, hooks=hooks, started=started)
     plan.finish()
     return result
 
@@ -525,6 +644,7 @@ class Hooks:
     callbacks: tuple[Any, ...] = ()
     on_data: Callable[[ClassBalance], None] | None = None
     tensorboard: Path | None = None
+    on_plan: Callable[[int, float], None] | None = None
 
 
 @dataclass
@@ -548,6 +668,9 @@ class Run:
     balance: ClassBalance | None = None
     fine_tuned_layers: int = 0
     checkpoint_static: dict[str, Any] | None = None  # what every checkpoint's state.json says
+    started: float = 0.0  # time.perf_counter() when the run began (set-up included)
+    steps_per_epoch: int = 0
+    budget: Budget | None = None
 
     @property
     def initial_epoch(self) -> int:
@@ -555,10 +678,10 @@ class Run:
 
 
 def _train(data: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
-           plan: distribute.DistributionPlan, force: bool, resume: bool, hooks: Hooks
-           ) -> TrainResult:
+           plan: distribute.DistributionPlan, force: bool, resume: bool, hooks: Hooks,
+           started: float | None = None) -> TrainResult:
     """:func:`train` of one worker: lock ``out``, train, write the model folder."""
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     dataset = read_dataset(data)
     partial = checkpoint_folder(out)
     with safeio.output_folder(
@@ -568,6 +691,7 @@ def _train(data: Path, out: Path, model_config: ModelConfig, train_config: Train
         try:
             run = start_run(data, dataset, model_config, train_config, plan, partial,
                             build.checked)
+            run.started = started
             fit(run, hooks, out)
             if run.keeper.best_weights is None:
                 build.discard()  # interrupted before the first epoch ended: nothing to save
@@ -622,6 +746,9 @@ def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
     if train_config.fine_tune_epochs and model_config.backbone == "none":
         raise ValueError("--fine-tune-epochs fine-tunes a pretrained backbone: use it with "
                          "--backbone")
+    if train_config.budget and model_config.backbone != "none":
+        raise ValueError("--budget does not plan a backbone's two stages yet: give --epochs "
+                         "and --fine-tune-epochs instead")
     return Run(data, dataset, model_config, train_config, plan, partial, state,
                split_rows(dataset, train_config))
 
@@ -640,6 +767,7 @@ def make_batches(run: Run) -> tuple[Any, Any, int]:
             dataset.images, labels, index, batch_size, shuffle=True,
             seed=config.seed + plan.worker_index, num_classes=classes,
             start_epoch=run.initial_epoch, workers=TRAIN_WORKERS,
+            augment=config.augment == "crop",
         ),
         run.split.train, config.batch_size,
     )
@@ -669,10 +797,18 @@ def make_callbacks(run: Run, hooks: Hooks) -> list[Any]:
         "fine_tuning": bool(run.fine_tuned_layers),  # a checkpoint of the second stage
     }
     run.checkpoint_static = static
-    ours: list[Any] = [run.keeper]
+    # The average goes into the model first, so that every later callback sees it.
+    ours: list[Any] = [SwapAverage(resumed=run.state is not None)] if config.ema > 0 else []
+    ours.append(run.keeper)
     if plateau is not None:
         ours.append(plateau)
-    ours.append(Checkpoint(run.partial, run.keeper, static, plateau))
+    if config.budget > 0:
+        stored = (run.state or {}).get("budget") or {}
+        run.budget = Budget(config, run.steps_per_epoch,
+                            float(stored.get("seconds_left", config.budget)), run.started,
+                            int(stored.get("planned", 0)), hooks.on_plan)
+        ours.append(run.budget)
+    ours.append(Checkpoint(run.partial, run.keeper, static, plateau, run.budget))
     if hooks.on_batch is not None:
         ours.append(BatchProgress(hooks.on_batch))
     if hooks.tensorboard is not None:
@@ -687,6 +823,7 @@ def fit(run: Run, hooks: Hooks, out: Path) -> None:
     """Build the model on the chosen device, then fit it; the best epoch's weights are in
     ``run.model`` afterwards."""
     train_batches, val_batches, steps_per_epoch = make_batches(run)
+    run.steps_per_epoch = steps_per_epoch
     config, plan = run.train_config, run.plan
     run.balance = class_balance(run)
     if hooks.on_data is not None:
@@ -751,7 +888,7 @@ def start_fine_tuning(run: Run) -> None:
     config = run.train_config
     run.fine_tuned_layers = unfreeze_top(run.model, config.fine_tune_layers)
     compile_trainer(run.trainer, run.model_config, config, config.fine_tune_learning_rate,
-                    run.precision)
+                    run.precision, run.steps_per_epoch)
     if run.checkpoint_static is not None:  # later checkpoints are of this stage
         run.checkpoint_static["fine_tuning"] = True
 
@@ -843,6 +980,9 @@ def train_result(run: Run, out: Path, seconds: float) -> TrainResult:
         fine_tune_from=run.train_config.epochs + 1 if run.fine_tuned_layers else 0,
         worker_index=run.plan.worker_index,
         num_workers=run.plan.num_workers,
+        budget=run.train_config.budget,
+        budget_epochs=run.budget.planned if run.budget is not None else 0,
+        epoch_seconds=run.budget.epoch_seconds if run.budget is not None else 0.0,
     )
 
 

@@ -79,7 +79,7 @@ def test_flags_keep_their_names_defaults_and_meaning(runner):
     result = runner.invoke(cli, ["train", "--dropout", "0.5", "--no-augment",
                                  "--no-batch-norm", "--dense", "256,64", "--print-config"])
     assert result.exit_code == 0, result.output
-    for line in ("dropout = 0.5", "augment = false", "batch-norm = false", "dense = [256, 64]"):
+    for line in ("dropout = 0.5", 'augment = "none"', "batch-norm = false", "dense = [256, 64]"):
         assert line + "\n" in result.output
 
 

@@ -110,7 +110,7 @@ def test_print_config_round_trips(runner, tmp_path):
             "--learning-rate", "1e-5", "--optimizer", "sgd", "--batch-norm", "--print-config"]
     first = invoke_ok(runner, args).output
     assert "blocks = 2\n" in first and "dense = [64, 32]\n" in first
-    assert "augment = false\n" in first and "batch-norm = true\n" in first
+    assert "augment = \"none\"\n" in first and "batch-norm = true\n" in first
     assert "learning-rate = 1e-05\n" in first and 'optimizer = "sgd"\n' in first
     recipe = write(tmp_path, first, "saved.toml")
     again = invoke_ok(runner, ["train", "--config", recipe, "--print-config"]).output
@@ -152,4 +152,4 @@ def test_recipe_trains(runner, prepared, tmp_path):
 
     info = json.loads((out / "model.json").read_text())
     assert info["model"]["filters"] == 4 and info["training"]["epochs"] == 2
-    assert info["training"]["augment"] is False
+    assert info["training"]["augment"] == "none"

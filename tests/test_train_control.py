@@ -93,13 +93,15 @@ def test_interrupted_run_saves_best_so_far_and_resume_continues(prepared, tmp_pa
 
 
 @pytest.mark.slow
-def test_resumed_run_matches_an_uninterrupted_one(prepared, tmp_path):
-    """Weights, optimizer state, schedule position and data order all carry over: without
-    augmentation or dropout, the resumed epochs give the same metrics (to float rounding)."""
-    whole = train(prepared, tmp_path / "whole", ModelConfig(**TINY), tiny_train())
-    train(prepared, tmp_path / "split", ModelConfig(**TINY), tiny_train(),
+@pytest.mark.parametrize("changes", [{"ema": 0.9}, {"augment": "crop"}])
+def test_resumed_run_matches_an_uninterrupted_one(prepared, tmp_path, changes):
+    """Weights, optimizer state (the weights' moving average included), schedule position,
+    data order and the pipeline's augmentation all carry over: without dropout, the resumed
+    epochs give the same metrics (to float rounding)."""
+    whole = train(prepared, tmp_path / "whole", ModelConfig(**TINY), tiny_train(**changes))
+    train(prepared, tmp_path / "split", ModelConfig(**TINY), tiny_train(**changes),
           callbacks=[InterruptAfter(2)])
-    resumed = train(prepared, tmp_path / "split", ModelConfig(**TINY), tiny_train(),
+    resumed = train(prepared, tmp_path / "split", ModelConfig(**TINY), tiny_train(**changes),
                     resume=True)
     for a, b in zip(whole.history, resumed.history, strict=True):
         assert a["epoch"] == b["epoch"]
@@ -158,7 +160,7 @@ def test_model_folder_has_curves_and_no_random_layers(runner, prepared, tmp_path
     assert not any(kind.startswith("Random") for kind in kinds)
     assert {"BatchNormalization", "GlobalAveragePooling2D"} <= kinds
     info = json.loads((out / "model.json").read_text())
-    assert info["training"]["augment"] is True and info["model"]["head"] == "gap"
+    assert info["training"]["augment"] == "crop" and info["model"]["head"] == "gap"
     assert info["precision"] == "float32"
     assert not checkpoint_folder(out).exists()
 

@@ -1,0 +1,120 @@
+"""The uint8 augmentation of the input pipeline, and the settings that replaced the old flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from catsdogs.cli import cli
+from catsdogs.config import TrainConfig, format_duration, parse_duration
+from catsdogs.data import CROP_AREA, ImageBatches, augment_batch, crop_box
+from tests.helpers import assert_clean_exit
+
+
+def photos(count: int = 8, side: int = 24, channels: int = 3) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, side, side, channels),
+                                             dtype=np.uint8)
+
+
+def test_crop_boxes_fit_inside_the_photo_with_the_drawn_area():
+    rng = np.random.default_rng(5)
+    shares = []
+    for _ in range(300):
+        top, left, height, width = crop_box(64, rng)
+        assert 0 <= top and top + height <= 64 and 0 <= left and left + width <= 64
+        assert 3 / 4 - 0.1 <= width / height <= 4 / 3 + 0.1 or (height, width) == (64, 64)
+        shares.append(height * width / 64**2)
+    assert CROP_AREA[0] - 0.05 <= min(shares) < 0.45 and max(shares) > 0.9
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_augment_batch_is_seeded_uint8_and_changes_the_photos(channels):
+    images = photos(channels=channels)
+    first = augment_batch(images, np.random.default_rng([1, 0, 3]))
+    again = augment_batch(images, np.random.default_rng([1, 0, 3]))
+    other = augment_batch(images, np.random.default_rng([1, 1, 3]))
+    assert first.dtype == np.uint8 and first.shape == images.shape
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other) and not np.array_equal(first, images)
+
+
+def test_flat_photos_keep_their_colour_up_to_the_jitter():
+    """A photo of one colour stays that colour (crops and flips change nothing), its
+    brightness scaled by at most ±20% and its saturation pulled towards grey."""
+    images = np.zeros((16, 24, 24, 3), dtype=np.uint8)
+    images[...] = (200, 100, 50)
+    out = augment_batch(images, np.random.default_rng(3))
+    assert np.all(out == out[:, :1, :1])  # still flat
+    red = out[:, 0, 0, 0].astype(float)
+    assert red.min() >= 0.8 * 0.8 * 100 and red.max() <= 255
+    assert len(set(red)) > 4  # a different factor per photo
+
+
+def test_mirror_flip_happens_about_half_the_time():
+    """With the crop the whole photo (area 1), a left-right ramp comes back either as it is or
+    mirrored."""
+    ramp = np.tile(np.linspace(0, 250, 24, dtype=np.uint8)[None, :, None], (24, 1, 1))
+    images = np.repeat(ramp[None], 200, axis=0)
+    out = augment_batch(images, np.random.default_rng(9)).astype(int)
+    rising = np.mean(out[:, 12, -1, 0] > out[:, 12, 0, 0])
+    assert 0.35 < rising < 0.65
+
+
+def test_batches_replay_the_augmentation_of_an_epoch_when_resumed():
+    images = photos(count=12)
+    labels = np.array([0, 1] * 6)
+    run = ImageBatches(images, labels, np.arange(12), 4, shuffle=True, seed=2, augment=True)
+    epoch0 = run[1][0]
+    run.on_epoch_end()
+    epoch1 = run[1][0]
+    resumed = ImageBatches(images, labels, np.arange(12), 4, shuffle=True, seed=2,
+                           augment=True, start_epoch=1)
+    assert np.array_equal(resumed[1][0], epoch1) and not np.array_equal(epoch0, epoch1)
+    plain = ImageBatches(images, labels, np.arange(12), 4)
+    assert np.array_equal(plain[0][0], images[:4])
+
+
+def test_old_on_off_values_of_augment_still_load():
+    assert TrainConfig(augment=True).augment == "crop"
+    assert TrainConfig(augment=False).augment == "none"
+    assert TrainConfig.from_dict({"augment": False, "epochs": 3}).augment == "none"
+    with pytest.raises(ValueError, match="augment must be one of crop, layers, none"):
+        TrainConfig(augment="rotate")
+
+
+def test_no_augment_flag_and_augment_choice_on_the_command_line(runner):
+    result = runner.invoke(cli, ["train", "--no-augment", "--print-config"])
+    assert_clean_exit(result, 0)
+    assert 'augment = "none"\n' in result.output
+    result = runner.invoke(cli, ["train", "--augment", "layers", "--print-config"])
+    assert 'augment = "layers"\n' in result.output
+    result = runner.invoke(cli, ["train", "--print-config"])
+    assert 'augment = "crop"\n' in result.output and 'budget = "0"\n' in result.output
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h", 3600),
+                                           ("1h30m", 5400), ("45", 45), ("2.5m", 150),
+                                           (" 10 s", 10), (0, 0)])
+def test_durations_parse_to_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "m5", "5 m 3", "-3s", "1h30", "five minutes"])
+def test_bad_durations_are_refused(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_durations_print_as_they_are_typed():
+    assert [format_duration(s) for s in (0, 90, 300, 5400, 3600, 12.5)] == \
+        ["0", "90s", "5m", "1h30m", "1h", "12.5s"]
+
+
+def test_budget_option_takes_a_duration_and_refuses_bad_text(runner):
+    result = runner.invoke(cli, ["train", "--budget", "5m", "--print-config"])
+    assert_clean_exit(result, 0)
+    assert 'budget = "5m"\n' in result.output
+    result = runner.invoke(cli, ["train", "--budget", "5 minutes"])
+    assert_clean_exit(result, 2)
+    assert "Invalid value for '--budget': a duration is a number with s, m or h" in \
+        result.output

@@ -1,0 +1,125 @@
+"""Training for a time budget (--budget), and the moving average of the weights (--ema)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from catsdogs.backend import keras as import_keras
+from catsdogs.cli import cli
+from catsdogs.config import ModelConfig, TrainConfig
+from catsdogs.train import budget_rate, checkpoint_folder, read_checkpoint, train
+from tests.helpers import TINY_MODEL, assert_clean_exit
+
+keras = import_keras()
+TINY = dict(blocks=1, filters=4, dense=(), dropout_rate=0.0)
+
+
+def tiny_train(**changes) -> TrainConfig:
+    settings = dict(epochs=4, batch_size=4, learning_rate=0.01, augment="none", seed=7)
+    settings.update(changes)
+    return TrainConfig(**settings)
+
+
+def test_budget_schedule_warms_up_then_decays_to_its_floor():
+    config = tiny_train(budget=60.0, warmup_epochs=1)
+    rates = [budget_rate(config, step, 50, 10) for step in range(50)]
+    assert rates[0] == pytest.approx(0.001) and rates[10] == pytest.approx(0.01)
+    assert rates[-1] == pytest.approx(0.0001, rel=0.2)  # floor: 1% of the rate
+    assert all(a >= b for a, b in zip(rates[10:-1], rates[11:], strict=True))
+    # the same curve as Keras' CosineDecay with warm-up, which the run without a budget uses
+    schedule = keras.optimizers.schedules.CosineDecay(0.001, 40, alpha=0.01,
+                                                      warmup_target=0.01, warmup_steps=10)
+    for step in (0, 5, 10, 25, 49):
+        expected = float(keras.ops.convert_to_numpy(schedule(step)))
+        assert rates[step] == pytest.approx(expected, rel=1e-4)
+
+
+class Capture(keras.callbacks.Callback):
+    """The model's weights and the optimizer's other copy at the end of every epoch (after
+    catsdogs' own callbacks, as the caller's callbacks run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_weights: list[list[np.ndarray]] = []
+        self.other: list[list[np.ndarray]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model_weights.append([v.numpy() for v in self.model.trainable_variables])
+        averages = self.model.optimizer._model_variables_moving_average
+        self.other.append([v.numpy() for v in averages])
+
+
+@pytest.mark.slow
+def test_the_moving_average_is_validated_and_saved(prepared, tmp_path):
+    capture = Capture()
+    out = tmp_path / "m"
+    result = train(prepared, out, ModelConfig(**TINY), tiny_train(epochs=3, ema=0.9),
+                   callbacks=[capture])
+    best = result.best_epoch - 1
+    saved = keras.saving.load_model(out / "model.keras")
+    saved_weights = [v.numpy() for v in saved.trainable_variables]
+    # At the end of an epoch the model holds the average (what was validated, kept and
+    # saved); the trained weights wait in the optimizer until the next epoch.
+    for stored, captured in zip(saved_weights, capture.model_weights[best], strict=True):
+        np.testing.assert_allclose(stored, captured, rtol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in
+               zip(capture.model_weights[0], capture.other[0], strict=True))
+
+
+@pytest.mark.slow
+def test_budget_with_epochs_whichever_ends_first_and_schedule_ends(runner, prepared, tmp_path):
+    """--epochs 3 with a budget of an hour: 3 epochs, the learning rate at its floor."""
+    out = tmp_path / "m"
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
+                                 *TINY_MODEL, "--batch-size", "4", "--learning-rate", "0.01",
+                                 "--epochs", "3", "--warmup-epochs", "1", "--budget", "1h"])
+    assert_clean_exit(result, 0)
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert history["learning_rate"].iloc[-1] < 0.01 * 0.05
+    assert re.search(r"^The 1h budget allows 3 epochs \(\d+\.\d s each\)\.$", result.output,
+                     re.MULTILINE), result.output
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["budget"] == 3600 and info["training"]["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_budget_stops_in_time_with_the_schedule_at_its_end(prepared, tmp_path):
+    plans: list[tuple[int, float]] = []
+    budget = 12.0
+    result = train(prepared, tmp_path / "m", ModelConfig(**TINY),
+                   tiny_train(epochs=10_000, budget=budget, warmup_epochs=1),
+                   on_plan=lambda epochs, seconds: plans.append((epochs, seconds)))
+    assert result.seconds < budget + 4
+    assert 1 < result.epochs_run < 10_000 and result.budget_epochs == result.epochs_run
+    assert plans and plans[-1][0] == result.epochs_run
+    assert result.history[-1]["learning_rate"] < 0.01 * 0.05
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_budget_survives_an_interruption(prepared, tmp_path):
+    out = tmp_path / "m"
+    config = tiny_train(epochs=10_000, budget=40.0)
+    first = train(prepared, out, ModelConfig(**TINY), config, callbacks=[InterruptAfter(2)])
+    assert first.interrupted
+    state = read_checkpoint(checkpoint_folder(out))
+    left = state["budget"]["seconds_left"]
+    assert 0 < left < 40 and state["budget"]["planned"] >= 2
+    resumed = train(prepared, out, ModelConfig(**TINY), TrainConfig(), resume=True)
+    assert not resumed.interrupted and resumed.seconds < left + 4
+    assert resumed.epochs_run == resumed.budget_epochs > 2
