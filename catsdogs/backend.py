@@ -52,6 +52,22 @@ def keras() -> ModuleType:
     return keras_module
 
 
+def hide_gpus(environ: dict[str, str] | None = None) -> bool:
+    """Keep every GPU from the backend that is about to load (``train --device cpu``).
+
+    A device scope alone is not enough for the torch backend, which creates its variables on
+    the GPU whenever one exists. Hiding the GPUs before the backend loads works for all three
+    backends. False (and nothing done) once Keras is loaded: then only the device scope of
+    :func:`catsdogs.train.device_scope` applies.
+    """
+    environ = os.environ if environ is None else environ
+    if "keras" in sys.modules:
+        return False
+    environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    environ["JAX_PLATFORMS"] = "cpu"
+    return True
+
+
 def devices() -> list[str]:
     """Human names of the accelerators the Keras backend can use; empty when only the CPU."""
     backend = keras().backend.backend()

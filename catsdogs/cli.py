@@ -295,8 +295,6 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     import time
 
     started = time.perf_counter()  # a --budget counts from here, loading Keras included
-    from catsdogs.train import train as train_model
-
     # The image size and channels come from the dataset: train checks the blocks fit them.
     model_config, train_config, _ = configs_from(settings, check_size=False)
     if print_config:
@@ -312,6 +310,10 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     for key, value, path in ignored_settings(ctx):
         click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
                    "prepared dataset", err=True)
+    if train_config.device == "cpu":
+        from catsdogs.backend import hide_gpus
+
+        hide_gpus()
     if train_config.budget and ctx.get_parameter_source("epochs").name == "DEFAULT":
         train_config.epochs = 10_000  # --budget alone: the time decides the epochs
     progress = TrainProgress(planned_epochs(model_config.backbone, train_config.epochs,
@@ -320,6 +322,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
         progress.fine_tune_from = train_config.epochs + 1
     if resume:
         progress.total_epochs = resume_banner(out)
+    from catsdogs.train import train as train_model  # loads Keras: after hide_gpus
+
     result = train_model(data, out, model_config, train_config, force=force, resume=resume,
                          on_start=progress.on_start, on_epoch=progress.on_epoch,
                          on_batch=progress.on_batch if progress.terminal else None,

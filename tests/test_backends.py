@@ -193,3 +193,17 @@ def test_gpu_check_cpu_mode_runs(tmp_path):
     assert "| backend | model | device | precision | training photos/s |" in text
     rows = [line for line in text.splitlines() if line.startswith(f"| {name} |")]
     assert len(rows) == 4 and all("| ok; Training on CPU. |" in row for row in rows)
+
+
+def test_device_cpu_hides_the_gpus_before_the_backend_loads():
+    # torch creates its variables on a GPU whenever one exists, whatever the device scope:
+    # `train --device cpu` hides the GPUs from the backend before it is imported.
+    code = ("import os, sys\n"
+            "from catsdogs.backend import hide_gpus\n"
+            "print(hide_gpus(), os.environ['CUDA_VISIBLE_DEVICES'], os.environ['JAX_PLATFORMS'])\n"
+            "sys.modules['keras'] = sys\n"
+            "env = {}\n"
+            "print(hide_gpus(env), env)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
+    assert done.stdout.splitlines() == ["True -1 cpu", "False {}"]
