@@ -114,12 +114,12 @@ class InterruptAfter(keras.callbacks.Callback):
 @pytest.mark.slow
 def test_budget_survives_an_interruption(prepared, tmp_path):
     out = tmp_path / "m"
-    config = tiny_train(epochs=10_000, budget=40.0)
+    config = tiny_train(epochs=10_000, budget=20.0)
     first = train(prepared, out, ModelConfig(**TINY), config, callbacks=[InterruptAfter(2)])
     assert first.interrupted
     state = read_checkpoint(checkpoint_folder(out))
     left = state["budget"]["seconds_left"]
-    assert 0 < left < 40 and state["budget"]["planned"] >= 2
+    assert 0 < left < 20 and state["budget"]["planned"] >= 2
     resumed = train(prepared, out, ModelConfig(**TINY), TrainConfig(), resume=True)
     assert not resumed.interrupted and resumed.seconds < left + 4
     assert resumed.epochs_run == resumed.budget_epochs > 2

@@ -227,13 +227,19 @@ def test_backbone_train_fine_tune_then_every_command(runner, prepared32, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_run_interrupted_while_fine_tuning_resumes_in_that_stage(prepared32, tmp_path):
+def test_a_run_interrupted_while_fine_tuning_resumes_in_that_stage(prepared32, tmp_path,
+                                                                   monkeypatch):
     """The checkpoint of the fine-tuning stage is restored into the fine-tuning stage (the
     top of the backbone unfrozen, its optimizer, its rate): the resumed epochs give the same
     metrics as an uninterrupted run."""
+    from catsdogs import export
     from catsdogs.config import TrainConfig
     from catsdogs.train import train
     from tests.test_train_control import InterruptAfter
+
+    # Five trainings: the ONNX export (about 12 s each here) is tested elsewhere.
+    monkeypatch.setattr(export, "export_onnx",
+                        lambda model, path: {"file": None, "note": "skipped by the test"})
 
     model = ModelConfig(backbone="mobilenet_v3_small", dropout_rate=0.0)
     config = TrainConfig(epochs=1, fine_tune_epochs=2, fine_tune_layers=12, batch_size=8,
