@@ -14,6 +14,7 @@ from catsdogs.cli import cli
 from catsdogs.config import ModelConfig, TrainConfig
 from catsdogs.train import budget_rate, checkpoint_folder, read_checkpoint, train
 from tests.helpers import TINY_MODEL, assert_clean_exit
+from tests.test_train_control import InterruptAfter
 
 keras = import_keras()
 TINY = dict(blocks=1, filters=4, dense=(), dropout_rate=0.0)
@@ -101,14 +102,6 @@ def test_budget_stops_in_time_with_the_schedule_at_its_end(prepared, tmp_path):
     assert result.history[-1]["learning_rate"] < 0.01 * 0.05
 
 
-class InterruptAfter(keras.callbacks.Callback):
-    def __init__(self, epoch: int) -> None:
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.slow
