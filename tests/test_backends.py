@@ -91,6 +91,7 @@ def test_no_gpu_warning_on_a_machine_without_nvidia_driver(monkeypatch, runner):
     assert backend.training_hint("CPU") is None
 
 
+@pytest.mark.slow  # trains a model
 def test_train_prints_the_hint_once(monkeypatch, runner, prepared, tmp_path):
     from tests.conftest import TINY_MODEL
 

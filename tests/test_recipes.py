@@ -141,6 +141,7 @@ def test_summary_ignores_training_settings_and_train_notes_the_size(runner, tmp_
         f"note: {recipe}: size = 300 is not used: train takes it from the prepared dataset")
 
 
+@pytest.mark.slow  # trains a model
 def test_recipe_trains(runner, prepared, tmp_path):
     recipe = write(tmp_path, "blocks = 1\nfilters = 4\ndense = 0\ndropout = 0\nepochs = 1\n"
                              "batch-size = 4\naugment = false\n")

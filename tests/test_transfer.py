@@ -76,6 +76,7 @@ def test_imagenet_weights_without_network_is_one_line(runner, prepared32, tmp_pa
     assert not out.exists() and list(tmp_path.glob(".model*")) == []
 
 
+@pytest.mark.slow  # trains a model
 def test_weights_file_is_loaded_and_a_wrong_one_refused(tmp_path):
     from catsdogs.backbone import build_backbone
 
