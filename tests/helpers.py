@@ -3,6 +3,8 @@ click results. Fixtures live in ``conftest.py``; plain functions and constants l
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -67,3 +69,20 @@ class CleanExitRunner(CliRunner):
         result = super().invoke(*args, **kwargs)
         assert_no_escaped_exception(result)
         return result
+
+
+def hold_lock(out: Path) -> subprocess.Popen:
+    """Another process holding the write lock of ``out`` (as a running command does), once
+    it has the lock. The caller kills it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from pathlib import Path; from data_prep.safeio import output_lock\n"
+         f"with output_lock(Path({str(out)!r})):\n"
+         "    print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    if holder.stdout.readline().strip() != "locked":
+        holder.kill()
+        holder.wait()
+        raise AssertionError(f"the lock holder of {out} did not get the lock")
+    return holder

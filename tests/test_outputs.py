@@ -15,22 +15,10 @@ import pytest
 from catsdogs.cli import cli
 from catsdogs.config import ModelConfig, TrainConfig
 from data_prep import failpoints, safeio
+from tests.helpers import hold_lock
 from tests.reliability_support import hidden_siblings, run_cli, start_cli
 
 TINY = dict(blocks=1, filters=4, dense=(), dropout_rate=0.0)
-
-
-def hold_lock(out: Path) -> subprocess.Popen:
-    """Another process holding the write lock of ``out`` (as a running command does)."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time; from pathlib import Path; from data_prep.safeio import output_lock\n"
-         f"with output_lock(Path({str(out)!r})):\n"
-         "    print('locked', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
 
 
 def command_for(kind: str, model: Path, photos: Path, out: Path) -> list[str]:

@@ -14,7 +14,7 @@ from catsdogs.cli import cli
 from data_prep import safeio
 from data_prep.prepare import prepare
 from data_prep.store import read_dataset
-from tests.helpers import TINY_MODEL, make_photo, write_photos
+from tests.helpers import TINY_MODEL, hold_lock, make_photo, write_photos
 from tests.reliability_support import (
     dataset_digest,
     hidden_siblings,
@@ -103,15 +103,8 @@ def test_two_prepares_at_once_never_corrupt_each_other(tmp_path, two_sources):
 
 def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
     out = tmp_path / "prepared"
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from data_prep.safeio import output_lock\n"
-         f"with output_lock(Path({str(out)!r})):\n"
-         "    print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = hold_lock(out)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(safeio.OutputBusyError, match=f"pid {holder.pid}"):
             with safeio.output_lock(out):
                 pass
