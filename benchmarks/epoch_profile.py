@@ -2,11 +2,14 @@
 
 1. A plain 3×3 Conv2D, forward and backward (weights and input), GFLOP/s: the arithmetic rate
    the CPU's convolutions reach here, the yardstick for the rest.
-2. The default network's training step (batch 32, AdamW) on in-memory uint8 batches: without
-   augmentation, with catsdogs' Keras augmentation layers, and with the uint8 numpy/OpenCV
-   augmentation of benchmarks/recipes/train_recipe.py done in the same thread before each
-   step. Photos/s, GFLOP/s (convolution and dense arithmetic, forward + backward = 3× forward)
-   and their share of the plain-Conv2D rate.
+2. The training step (batch 32, AdamW) on in-memory uint8 batches of catsdogs' default network
+   (``build_model(ModelConfig())``: blocks in the conv-pool-norm order), of the same network in
+   the textbook conv-norm-pool order (the default before issue 12), and of the strided
+   separable/residual net of benchmarks/recipes/train_recipe.py: without augmentation, with
+   catsdogs' Keras augmentation layers (``--augment layers``), and with catsdogs' uint8
+   augmentation (``--augment crop``, ``catsdogs.data.augment_batch``) done in the same thread
+   before each step. Photos/s, GFLOP/s (convolution and dense arithmetic, forward + backward
+   = 3× forward) and their share of the plain-Conv2D rate.
 3. Data feeding alone: photos/s of reading batches from the memory-mapped images.npy, and of
    the uint8 augmentation pipeline alone.
 4. Per layer: forward + backward time of each layer of the default network (and of each
@@ -36,13 +39,12 @@ import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "recipes"))
-from train_recipe import (  # noqa: E402
-    Batches,
-    default_net,
-    keras_augmentation,
-    load_prepared,
-    sepres_net,
-)
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from train_recipe import load_prepared, sepres_net  # noqa: E402
+
+from catsdogs.config import ModelConfig  # noqa: E402
+from catsdogs.data import ImageBatches  # noqa: E402
+from catsdogs.model import build_augmentation, build_model  # noqa: E402
 
 BATCH = 32
 
@@ -103,7 +105,7 @@ def plain_conv_rate(seconds: float) -> float:
 
 
 def train_rate(net: keras.Model, augmentation, images: np.ndarray, labels: np.ndarray,
-               seconds: float, pipeline: Batches | None = None) -> float:
+               seconds: float, pipeline: ImageBatches | None = None) -> float:
     """Training photos/s of ``net`` (behind ``augmentation`` layers, or fed by ``pipeline``)."""
     size = images.shape[1]
     trainer = net if augmentation is None else keras.Sequential(
@@ -123,7 +125,7 @@ def train_rate(net: keras.Model, augmentation, images: np.ndarray, labels: np.nd
     return BATCH / timed(step, seconds)
 
 
-def feeding_rate(data: Batches, seconds: float) -> float:
+def feeding_rate(data: ImageBatches, seconds: float) -> float:
     state = {"i": 0}
 
     def step():
@@ -156,7 +158,7 @@ def layer_costs(net: keras.Sequential, seconds: float) -> list[tuple[str, str, f
 def augmentation_costs(size: int, seconds: float) -> list[tuple[str, float]]:
     rows = []
     x = tf.random.uniform((BATCH, size, size, 3), 0, 255)
-    for layer in keras_augmentation(1).layers:
+    for layer in build_augmentation(1).layers:
         @tf.function
         def step(layer=layer):
             return layer(x, training=True)
@@ -184,18 +186,23 @@ def main(argv: list[str] | None = None) -> int:
             f"(load {load()})", ""]
 
     rows = []
-    nets = {"default": lambda: default_net(size), "sepres": lambda: sepres_net(size)}
+    nets = {
+        "default (conv-pool-norm)": lambda: build_model(ModelConfig(image_size=size)),
+        "textbook order (conv-norm-pool)": lambda: build_model(
+            ModelConfig(image_size=size, block_order="conv-norm-pool")),
+        "sepres": lambda: sepres_net(size),
+    }
     for name, make in nets.items():
         flops = 3 * forward_flops(make())
         for variant in ("no augmentation", "Keras augmentation layers", "uint8 pipeline"):
-            if name != "default" and variant == "Keras augmentation layers":
+            if name == "sepres" and variant == "Keras augmentation layers":
                 continue
             net = make()
             pipeline = None
-            augmentation = keras_augmentation(1) if variant.startswith("Keras") else None
+            augmentation = build_augmentation(1) if variant.startswith("Keras") else None
             if variant == "uint8 pipeline":
-                pipeline = Batches(images, labels, np.arange(len(images)), BATCH, shuffle=True,
-                                   seed=0, augment={"crop_min": 0.35, "jitter": 0.2})
+                pipeline = ImageBatches(images, labels, np.arange(len(images)), BATCH,
+                                        shuffle=True, seed=0, augment=True)
             rate = train_rate(net, augmentation, images, labels, args.seconds, pipeline)
             gflops = rate * flops / 1e9
             rows.append(f"| {name} | {variant} | {flops / 1e6:.0f} | {rate:.0f} | "
@@ -204,21 +211,25 @@ def main(argv: list[str] | None = None) -> int:
             "| GFLOP/s | share of plain Conv2D | load |", "|---|---|---|---|---|---|---|", *rows,
             ""]
 
-    plain = Batches(np.load(args.data / "images.npy", mmap_mode="r"), labels,
-                    np.arange(len(images)), BATCH, shuffle=True, seed=0)
-    augmented = Batches(images, labels, np.arange(len(images)), BATCH, shuffle=True, seed=0,
-                        augment={"crop_min": 0.35, "jitter": 0.2})
+    plain = ImageBatches(np.load(args.data / "images.npy", mmap_mode="r"), labels,
+                         np.arange(len(images)), BATCH, shuffle=True, seed=0)
+    augmented = ImageBatches(images, labels, np.arange(len(images)), BATCH, shuffle=True,
+                             seed=0, augment=True)
     out += [f"Data feeding alone (one thread): memory-mapped batches "
             f"{feeding_rate(plain, args.seconds):.0f} photos/s; uint8 flip + random resized "
             f"crop + colour jitter {feeding_rate(augmented, args.seconds):.0f} photos/s "
             f"(load {load()})", ""]
 
-    out += ["Per layer of the default network, alone, forward + backward, batch 32:", "",
-            "| layer | input | ms per batch | share |", "|---|---|---|---|"]
-    costs = layer_costs(default_net(size), args.seconds / 4)
-    total = sum(ms for _, _, ms in costs)
-    out += [f"| {name} | {shape} | {ms:.1f} | {ms / total:.0%} |" for name, shape, ms in costs]
-    out += [f"| sum | | {total:.1f} | |", ""]
+    for order in ("conv-pool-norm", "conv-norm-pool"):
+        out += [f"Per layer of the default network in the {order} order, alone, forward + "
+                "backward, batch 32:", "",
+                "| layer | input | ms per batch | share |", "|---|---|---|---|"]
+        net = build_model(ModelConfig(image_size=size, block_order=order))
+        costs = layer_costs(net, args.seconds / 4)
+        total = sum(ms for _, _, ms in costs)
+        out += [f"| {name} | {shape} | {ms:.1f} | {ms / total:.0%} |"
+                for name, shape, ms in costs]
+        out += [f"| sum | | {total:.1f} | |", ""]
     out += ["Keras augmentation layers, forward only (training=True), batch 32:", "",
             "| layer | ms per batch |", "|---|---|"]
     out += [f"| {name} | {ms:.1f} |" for name, ms in augmentation_costs(size, args.seconds / 4)]

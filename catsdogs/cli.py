@@ -273,7 +273,7 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     """Build the model, print its parameter summary, and train it on a prepared dataset.
 
     With no options this is the default recipe: 5 blocks with batch normalization,
-    augmentation, AdamW with a cosine schedule and label smoothing, 80 epochs. The
+    augmentation, AdamW with a cosine schedule and label smoothing, 150 epochs. The
     weights of the best epoch by --monitor are saved to --out as model.keras, with
     model.json, history.csv and curves.png. Ctrl-C stops after saving the best epoch so
     far; --resume continues from the last finished epoch. --config FILE reads the

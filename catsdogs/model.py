@@ -22,9 +22,10 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None,
 
     Pixels arrive as 0..255 (RGB, or gray for ``config.channels == 1``) and are scaled to
     [0, 1] by the first layer, so a saved model needs no separate preprocessing. Each block
-    is Conv2D (+ BatchNormalization and an Activation when ``config.use_batch_norm``;
-    otherwise the activation is the Conv2D's own) + MaxPooling2D or AveragePooling2D, with
-    the block's filters, kernel size and padding; then the head (Flatten, or
+    is Conv2D + MaxPooling2D or AveragePooling2D, with the block's filters, kernel size and
+    padding, and BatchNormalization and an Activation when ``config.use_batch_norm``
+    (otherwise the activation is the Conv2D's own; see :func:`conv_block` for the order);
+    then the head (Flatten, or
     GlobalAveragePooling2D for ``head="gap"``), the hidden Dense layers with the same
     activation, a Dropout when ``dropout_rate`` is above 0, and one sigmoid unit for two
     classes (softmax otherwise). With no dropout and no batch normalization the layers are
@@ -72,7 +73,14 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None,
 
 
 def conv_block(config: ModelConfig, block: int, policy: dict[str, str]) -> list:
-    """The layers of block number ``block`` (from 0): Conv2D [+ BatchNorm + Activation], pool."""
+    """The layers of block number ``block`` (from 0): Conv2D, then pooling, then
+    BatchNormalization + Activation (``block_order`` conv-pool-norm, the default); or Conv2D,
+    BatchNormalization + Activation, pooling (conv-norm-pool); without batch norm, Conv2D
+    (with its activation) and pooling.
+
+    Pooling first gives the same kind of network for a quarter of the normalization's and
+    the activation's work: a ReLU commutes with max pooling exactly, and batch norm learns
+    its statistics after the pooling instead of before."""
     from keras import layers
 
     batch_norm = config.use_batch_norm
@@ -88,14 +96,17 @@ def conv_block(config: ModelConfig, block: int, policy: dict[str, str]) -> list:
             **policy,
         )
     ]
-    if batch_norm:
-        # momentum 0.9: the moving statistics follow the weights within an epoch or two,
-        # so validation is meaningful from the first epochs of a short run.
-        stack.append(layers.BatchNormalization(momentum=0.9, name=f"{name}_bn", **policy))
-        stack.append(layers.Activation(config.activation, name=f"{name}_act", **policy))
     pooling = layers.AveragePooling2D if config.pool == "avg" else layers.MaxPooling2D
-    stack.append(pooling(config.pool_size, name=f"{name}_pool", **policy))
-    return stack
+    pool = pooling(config.pool_size, name=f"{name}_pool", **policy)
+    if not batch_norm:
+        return stack + [pool]
+    # momentum 0.9: the moving statistics follow the weights within an epoch or two, so
+    # validation is meaningful from the first epochs of a short run.
+    norm = [layers.BatchNormalization(momentum=0.9, name=f"{name}_bn", **policy),
+            layers.Activation(config.activation, name=f"{name}_act", **policy)]
+    if config.block_order == "conv-pool-norm":
+        return stack + [pool] + norm
+    return stack + norm + [pool]
 
 
 def build_augmentation(seed: int) -> keras.Sequential:

@@ -283,9 +283,28 @@ def compile_trainer(trainer: Any, model_config: ModelConfig, train_config: Train
     trainer.compile(
         optimizer=optimizer,
         loss=loss_class(label_smoothing=train_config.label_smoothing),
-        metrics=["accuracy"],
+        metrics=[accuracy_metric(binary, train_config.mixup)],
         jit_compile={"auto": "auto", "on": True, "off": False}[train_config.jit_compile],
     )
+
+
+@import_keras().saving.register_keras_serializable(package="catsdogs")
+def rounded_binary_accuracy(y_true: Any, y_pred: Any) -> Any:
+    """Binary accuracy against the nearer hard label: with mixup's soft labels (0.7 for a
+    dog blended with a cat), a photo counts for the class it mostly is."""
+    keras = import_keras()
+    return keras.metrics.binary_accuracy(keras.ops.round(y_true), y_pred)
+
+
+def accuracy_metric(binary: bool, mixup: float) -> Any:
+    """The training and validation accuracy, logged as "accuracy". With mixup's soft labels
+    a two-class photo counts for the class that dominates it; otherwise (and for more
+    classes, whose accuracy compares the argmax of the labels) Keras' own "accuracy", so
+    that a saved model's compile settings need nothing from catsdogs."""
+    keras = import_keras()
+    if not binary or not mixup:
+        return "accuracy"
+    return keras.metrics.MeanMetricWrapper(rounded_binary_accuracy, name="accuracy")
 
 
 class BatchProgress(import_keras().callbacks.Callback):
@@ -767,7 +786,7 @@ def make_batches(run: Run) -> tuple[Any, Any, int]:
             dataset.images, labels, index, batch_size, shuffle=True,
             seed=config.seed + plan.worker_index, num_classes=classes,
             start_epoch=run.initial_epoch, workers=TRAIN_WORKERS,
-            augment=config.augment == "crop",
+            augment=config.augment == "crop", mixup=config.mixup,
         ),
         run.split.train, config.batch_size,
     )

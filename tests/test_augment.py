@@ -7,7 +7,7 @@ import pytest
 
 from catsdogs.cli import cli
 from catsdogs.config import TrainConfig, format_duration, parse_duration
-from catsdogs.data import CROP_AREA, ImageBatches, augment_batch, crop_box
+from catsdogs.data import CROP_AREA, ImageBatches, augment_batch, crop_box, mix_batch
 from tests.helpers import assert_clean_exit
 
 
@@ -118,3 +118,41 @@ def test_budget_option_takes_a_duration_and_refuses_bad_text(runner):
     assert_clean_exit(result, 2)
     assert "Invalid value for '--budget': a duration is a number with s, m or h" in \
         result.output
+
+
+def test_mixup_blends_photos_and_labels_by_the_same_share():
+    images = np.stack([np.full((4, 4, 3), 0, np.uint8), np.full((4, 4, 3), 200, np.uint8)])
+    labels = np.array([[0.0], [1.0]], dtype=np.float32)
+    mixed, soft = mix_batch(images, labels, 0.4, np.random.default_rng(3))
+    assert mixed.dtype == np.uint8 and soft.dtype == np.float32
+    for number in range(2):
+        # The photo's own share is at least half, and its label moves by the same share.
+        own = 1 - abs(float(mixed[number, 0, 0, 0]) / 200 - labels[number, 0])
+        if not np.array_equal(mixed[number], images[number]):
+            assert 0.5 <= own < 1
+            assert soft[number, 0] == pytest.approx(
+                own * labels[number, 0] + (1 - own) * (1 - labels[number, 0]), abs=0.01)
+        assert np.all(mixed[number] == mixed[number, 0, 0, 0])  # one share per photo
+
+
+def test_mixup_in_batches_is_seeded_and_keeps_each_photo_mostly_itself():
+    images = photos(count=16)
+    labels = np.array([0, 1] * 8)
+    batches = ImageBatches(images, labels, np.arange(16), 16, seed=4, mixup=0.4)
+    x, y = batches[0]
+    again_x, again_y = ImageBatches(images, labels, np.arange(16), 16, seed=4, mixup=0.4)[0]
+    assert np.array_equal(x, again_x) and np.array_equal(y, again_y)
+    assert not np.array_equal(x, images) and np.all((y >= 0) & (y <= 1))
+    # Each photo keeps at least half of itself, so its label stays on its own side of 0.5.
+    assert np.all(np.abs(y[:, 0] - labels) <= 0.5)
+    assert np.any((y[:, 0] > 0) & (y[:, 0] < 1))  # some labels are soft
+    with pytest.raises(ValueError, match="mixup must be at least 0, got -1"):
+        ImageBatches(images, labels, np.arange(16), 4, mixup=-1)
+
+
+def test_accuracy_counts_soft_labels_for_their_main_class():
+    from catsdogs.train import rounded_binary_accuracy
+
+    y_true = np.array([[0.8], [0.3], [1.0], [0.0]], dtype=np.float32)
+    y_pred = np.array([[0.9], [0.2], [0.4], [0.6]], dtype=np.float32)
+    assert np.asarray(rounded_binary_accuracy(y_true, y_pred)).mean() == pytest.approx(0.5)

@@ -134,3 +134,22 @@ def test_learning_rate_schedules():
     step = make_learning_rate(TrainConfig(epochs=4, learning_rate=0.1, lr_schedule="step"), 10)
     assert [round(at(step, s), 6) for s in (0, 25, 35)] == [0.1, 0.01, 0.001]
     assert make_learning_rate(TrainConfig(lr_schedule="constant", learning_rate=0.5), 3) == 0.5
+
+
+@pytest.mark.parametrize("order, expected", [
+    ("conv-pool-norm", ["block1_conv", "block1_pool", "block1_bn", "block1_act"]),
+    ("conv-norm-pool", ["block1_conv", "block1_bn", "block1_act", "block1_pool"]),
+])
+def test_block_order_puts_pooling_before_or_after_batch_norm(order, expected):
+    model = build_model(ModelConfig(image_size=32, blocks=1, filters=4, batch_norm=True,
+                                    block_order=order))
+    assert [layer.name for layer in model.layers][1:5] == expected
+    assert model.get_layer("block1_bn").output.shape == (
+        (None, 15, 15, 4) if order == "conv-pool-norm" else (None, 30, 30, 4))
+
+
+def test_model_json_without_block_order_means_the_old_order():
+    assert ModelConfig().block_order == "conv-pool-norm"
+    old = ModelConfig.from_dict({"blocks": 3})
+    assert old.block_order == "conv-norm-pool"
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).block_order == "conv-pool-norm"

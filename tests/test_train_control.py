@@ -148,19 +148,24 @@ def test_model_folder_has_curves_and_no_random_layers(runner, prepared, tmp_path
                                  "--blocks", "2", "--filters", "4", "--head", "gap",
                                  "--batch-norm", "--epochs", "2", "--batch-size", "8",
                                  "--lr-schedule", "step", "--optimizer", "sgd",
-                                 "--device", "cpu"])
+                                 "--device", "cpu", "--mixup", "0.4"])
     assert result.exit_code == 0, result.output
     assert "Training on CPU (--device cpu)." in result.output
     assert "Best epoch" in result.output and "by val_loss" in result.output
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2] and history["learning_rate"].iloc[1] > 0
+    import catsdogs.train  # noqa: F401  (registers the accuracy of mixup's soft labels)
+
     model = keras.saving.load_model(out / "model.keras")
     kinds = {type(layer).__name__ for layer in model.layers}
     assert not any(kind.startswith("Random") for kind in kinds)
     assert {"BatchNormalization", "GlobalAveragePooling2D"} <= kinds
     info = json.loads((out / "model.json").read_text())
     assert info["training"]["augment"] == "crop" and info["model"]["head"] == "gap"
+    assert info["training"]["mixup"] == 0.4 and info["model"]["block_order"] == "conv-pool-norm"
+    # mixup's soft labels still give an accuracy between 0 and 1 (rounded labels)
+    assert history["accuracy"].between(0, 1).all() and history["accuracy"].max() > 0
     assert info["precision"] == "float32"
     assert not checkpoint_folder(out).exists()
 
