@@ -128,10 +128,10 @@ def test_mixup_blends_photos_and_labels_by_the_same_share():
     for number in range(2):
         # The photo's own share is at least half, and its label moves by the same share.
         own = 1 - abs(float(mixed[number, 0, 0, 0]) / 200 - labels[number, 0])
-        if not np.array_equal(mixed[number], images[number]):
-            assert 0.5 <= own < 1
-            assert soft[number, 0] == pytest.approx(
-                own * labels[number, 0] + (1 - own) * (1 - labels[number, 0]), abs=0.01)
+        assert not np.array_equal(mixed[number], images[number])  # this seed mixes both
+        assert 0.5 <= own < 1
+        assert soft[number, 0] == pytest.approx(
+            own * labels[number, 0] + (1 - own) * (1 - labels[number, 0]), abs=0.01)
         assert np.all(mixed[number] == mixed[number, 0, 0, 0])  # one share per photo
 
 
