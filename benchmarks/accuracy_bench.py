@@ -45,6 +45,7 @@ from pathlib import Path
 class Recipe:
     name: str
     flags: list[str]
+    size: int | None = None  # prepare --size for this recipe; None: the bench's --size
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Run:
     seed: int
     held_out: float | None = None
     other: float | None = None
+    held_out_tta: float | None = None  # evaluate --tta: each photo averaged with its mirror
+    other_tta: float | None = None
     wall_s: float = 0.0
     cpu_s: float = 0.0
     epochs: int = 0
@@ -62,11 +65,15 @@ class Run:
 
 
 def parse_recipe(text: str) -> Recipe:
-    """'name: --flag value --other' → Recipe(name, [flags])."""
+    """'name: --flag value --other' → Recipe(name, [flags]); 'name@128: ...' also prepares
+    the photos at 128 px for this recipe (the others use --size)."""
     name, _, flags = text.partition(":")
+    name, _, size = name.partition("@")
     if not name.strip():
         raise argparse.ArgumentTypeError(f"recipe needs a name before ':': {text!r}")
-    return Recipe(name.strip(), shlex.split(flags))
+    if size.strip() and not size.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"a recipe's size is a whole number: {text!r}")
+    return Recipe(name.strip(), shlex.split(flags), int(size) if size.strip() else None)
 
 
 def catsdogs_command() -> list[str]:
@@ -89,9 +96,10 @@ def run_cli(args: list[str], log: Path) -> tuple[int, float, float]:
     return code, wall, cpu
 
 
-def accuracy_of(folder: Path) -> float | None:
+def accuracy_of(folder: Path) -> tuple[float | None, float | None]:
+    """(accuracy, accuracy with mirror TTA) from an evaluation folder."""
     metrics = json.loads((folder / "metrics.json").read_text())
-    return metrics.get("accuracy")
+    return metrics.get("accuracy"), (metrics.get("tta") or {}).get("accuracy")
 
 
 def throughput(model: Path) -> tuple[int, float | None]:
@@ -123,18 +131,22 @@ def one_run(recipe: Recipe, seed: int, prepared: Path, other: Path | None, commo
             continue
         out = work / f"eval-{recipe.name}-s{seed}-{name}"
         code, _, _ = run_cli(["evaluate", str(data), "--model", str(model), "--out", str(out),
-                              "--force"], log)
+                              "--force", "--tta"], log)
         if code != 0:
             run.error = f"evaluate {name} exit {code}"
             return run
-        setattr(run, name, accuracy_of(out))
+        plain, mirrored = accuracy_of(out)
+        setattr(run, name, plain)
+        setattr(run, f"{name}_tta", mirrored)
     return run
 
 
-def prepare(source: str, out: Path, size: int, test_fraction: float | None, seed: int,
+def prepare(source: str, out: Path, size: int | None, test_fraction: float | None, seed: int,
             log: Path) -> None:
+    """``catsdogs prepare`` at ``size`` (None: prepare's default size)."""
     args = ["prepare"] + ([] if source == "sample" else [source])
-    args += ["--out", str(out), "--size", str(size), "--seed", str(seed), "--quiet", "--force"]
+    args += ["--out", str(out), "--seed", str(seed), "--quiet", "--force"]
+    args += ["--size", str(size)] if size else []
     if test_fraction:
         args += ["--test-fraction", str(test_fraction)]
     code, _, _ = run_cli(args, log)
@@ -155,17 +167,20 @@ def spread(values: list[float]) -> str:
 def table(recipes: list[Recipe], runs: list[Run], common: list[str]) -> str:
     lines = [
         "| recipe | train options | seeds | held-out accuracy (mean ± sd, range) "
-        "| other source | drop | epochs | wall (mean) | CPU (mean) | training photos/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| other source | drop | with --tta: held-out, other | epochs | wall (mean) "
+        "| CPU (mean) | training photos/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for recipe in recipes:
         mine = [run for run in runs if run.recipe == recipe.name and not run.error]
         failed = [f"seed {run.seed}: {run.error}" for run in runs
                   if run.recipe == recipe.name and run.error]
         options = " ".join(common + recipe.flags) or "(none)"
+        if recipe.size:
+            options = f"prepare --size {recipe.size}; {options}"
         if not mine:
             lines.append(f"| {recipe.name} | `{options}` | – | failed: {'; '.join(failed)} "
-                         "| | | | | | |")
+                         "| | | | | | | |")
             continue
         held = [run.held_out for run in mine if run.held_out is not None]
         other = [run.other for run in mine if run.other is not None]
@@ -173,10 +188,14 @@ def table(recipes: list[Recipe], runs: list[Run], common: list[str]) -> str:
                 if held and other else "–")
         rates = [run.photos_per_s for run in mine if run.photos_per_s]
         rate = f"{statistics.fmean(rates):.0f}" if rates else "–"
+        tta = [[getattr(run, name) for run in mine if getattr(run, name) is not None]
+               for name in ("held_out_tta", "other_tta")]
+        mirrored = ", ".join(f"{statistics.fmean(values):.1%}" if values else "–"
+                             for values in tta)
         note = f" (failed: {'; '.join(failed)})" if failed else ""
         lines.append(
             f"| {recipe.name} | `{options}` | {','.join(str(run.seed) for run in mine)}{note} "
-            f"| {spread(held)} | {spread(other)} | {drop} "
+            f"| {spread(held)} | {spread(other)} | {drop} | {mirrored} "
             f"| {statistics.fmean([run.epochs for run in mine]):.0f} "
             f"| {statistics.fmean([run.wall_s for run in mine]) / 60:.1f} min "
             f"| {statistics.fmean([run.cpu_s for run in mine]) / 60:.1f} min | {rate} |"
@@ -189,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="/work/shared/data/catsdogs/train",
                         help="photos to prepare, train and hold out from; 'sample': built-in")
     parser.add_argument("--other", help="photos from another source: scored, never trained on")
-    parser.add_argument("--size", type=int, default=128, help="prepare --size")
+    parser.add_argument("--size", type=int, default=None,
+                        help="prepare --size (default: prepare's); 'name@SIZE: ...' recipes "
+                             "override it")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
     parser.add_argument("--recipe", action="append", type=parse_recipe, default=[],
@@ -213,21 +234,26 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     runs: list[Run] = []
     try:
-        other = None
+        sizes = sorted({recipe.size or args.size or 0 for recipe in recipes})
+        others: dict[int, Path | None] = dict.fromkeys(sizes)
         if args.other:
-            other = work / "other"
-            prepare(args.other, other, args.size, None, 0, log)
+            for size in sizes:
+                others[size] = work / f"other-{size or 'default'}"
+                prepare(args.other, others[size], size, None, 0, log)
         for seed in seeds:
-            prepared = work / f"prepared-s{seed}"
-            prepare(args.source, prepared, args.size, args.test_fraction, seed, log)
+            prepared: dict[int, Path] = {}
+            for size in sizes:
+                prepared[size] = work / f"prepared-s{seed}-{size or 'default'}"
+                prepare(args.source, prepared[size], size, args.test_fraction, seed, log)
             for recipe in recipes:
-                run = one_run(recipe, seed, prepared, other, common, work, log)
+                size = recipe.size or args.size or 0
+                run = one_run(recipe, seed, prepared[size], others[size], common, work, log)
                 runs.append(run)
                 print(json.dumps(run.__dict__), flush=True)
     finally:
         load = os.getloadavg()
         header = (
-            f"accuracy_bench: source {args.source}, size {args.size}, test fraction "
+            f"accuracy_bench: source {args.source}, size {args.size or 'default'}, test fraction "
             f"{args.test_fraction}, seeds {seeds}, other {args.other or '–'}; "
             f"{os.cpu_count()} CPUs, load average at the end {load[0]:.1f}/{load[1]:.1f}/"
             f"{load[2]:.1f}; {(time.perf_counter() - started) / 60:.1f} min in all\n\n"

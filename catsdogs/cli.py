@@ -19,7 +19,7 @@ from catsdogs.recipe import ignored_settings, recipe_text
 
 DEFAULT_DATA = "prepared"
 DEFAULT_MODEL = "model"
-PREPARE_SIZE = 128
+PREPARE_SIZE = 160  # train --train-scale's 0.8 trains on 128 px crops of them
 SAMPLE_SIZE = 64  # the built-in sample's photos are at most 80 px
 
 
@@ -443,11 +443,14 @@ def report_training(result: Any, data: Path, out: Path, patience: int) -> None:
         raise SystemExit(130)
     if result.stopped_early:
         click.echo(f"Stopped early: no better {result.monitor} for {patience} epochs.")
+    sizes = ("", "")
+    if result.train_size != result.image_size:  # --train-scale
+        sizes = (f" at {result.train_size} px", f" at {result.image_size} px")
     click.echo(
         f"Best epoch {result.best_epoch} by {result.monitor}: "
         f"val_accuracy {best.get('val_accuracy', 0):.4f}, "
-        f"val_loss {best.get('val_loss', 0):.4f} ({result.num_train:,} training photos, "
-        f"{result.num_validation:,} validation, {result.seconds:.0f} s)"
+        f"val_loss {best.get('val_loss', 0):.4f} ({result.num_train:,} training photos"
+        f"{sizes[0]}, {result.num_validation:,} validation{sizes[1]}, {result.seconds:.0f} s)"
     )
     if result.budget:
         click.echo(budget_line(result.budget, result.budget_epochs, result.epoch_seconds,

@@ -19,7 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PADDINGS = ("valid", "same")
 POOLS = ("max", "avg")
 CHANNELS = (1, 3)
-HEADS = ("flatten", "gap")
+HEADS = ("auto", "flatten", "gap")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
 DEVICES = ("auto", "cpu")
@@ -35,9 +35,17 @@ AUGMENTS = ("crop", "layers", "none")
 BLOCK_ORDERS = ("conv-pool-norm", "conv-norm-pool")
 # What a model.json written before a setting existed meant by its absence.
 ABSENT_MEANS = {"block_order": "conv-norm-pool"}
-# Batch normalization is on by default ("auto") from this many blocks: deep enough to need it,
-# while one- and two-block models (the classic article's) stay plain.
-BATCH_NORM_AUTO_BLOCKS = 3
+TRAINING_ABSENT_MEANS = {"train_scale": 1.0}
+# From this many blocks a model is "deep": batch normalization and the global-average-pooling
+# head are on by default ("auto"), while one- and two-block models (the classic article's, the
+# textbook networks) stay plain, with Flatten.
+DEEP_BLOCKS = 3
+# The side of the training crops as a share of the prepared photos' side, for a model whose
+# input size is free (--train-scale auto): a random crop shows an animal larger than the
+# whole photo does, so a network trained on crops at 80% of the size it predicts at sees
+# animals of the same apparent size in both (Touvron et al. 2019, "Fixing the train-test
+# resolution discrepancy"). Measured in benchmarks/RESULTS.md.
+AUTO_TRAIN_SCALE = 0.8
 
 TRAIN_AND_SUMMARY = ("train", "summary")
 
@@ -194,7 +202,8 @@ class ModelConfig:
     The defaults are the default recipe, a model that learns cats from dogs on a CPU; the
     classic Keras article's model is
     ``ModelConfig(image_size=300, blocks=1, filters=10, kernel_size=5, dense=(), dropout_rate=0)``.
-    ``batch_norm=None`` means "auto": on for ``BATCH_NORM_AUTO_BLOCKS`` blocks or more.
+    ``batch_norm=None`` and ``head="auto"`` mean batch normalization and global average
+    pooling for ``DEEP_BLOCKS`` blocks or more, none and Flatten below.
     ``filters``, ``kernel_size`` and ``padding`` take one value, or a tuple of one per block
     (LeNet: ``filters=(6, 16), kernel_size=5, padding=("same", "valid")``).
 
@@ -232,15 +241,17 @@ class ModelConfig:
         option="dropout", min=0, max=1, max_open=True)
     batch_norm: bool | None = setting(
         None, "BatchNormalization after each Conv2D.",
-        default_text=f"on for {BATCH_NORM_AUTO_BLOCKS} blocks or more")
+        default_text=f"on for {DEEP_BLOCKS} blocks or more")
     block_order: str = setting(
         "conv-pool-norm", "Order of each block's layers with batch norm: conv-pool-norm "
         "(pooling first, so batch norm and the activation run on a quarter of the pixels: "
         "about 1.9x faster on a CPU) or conv-norm-pool (the textbook order).",
         choices=BLOCK_ORDERS)
     head: str = setting(
-        "flatten", "flatten: Flatten the last feature map; gap: global average pooling (one "
-        "value per filter).", choices=HEADS)
+        "auto", "flatten: Flatten the last feature map (the input size is then fixed); gap: "
+        "global average pooling (one value per filter; any input size, so the network can "
+        f"train on smaller crops than it predicts on, see --train-scale); auto: gap for "
+        f"{DEEP_BLOCKS} blocks or more, flatten below.", choices=HEADS)
     backbone: str = setting(
         "none", "A pretrained network from Keras Applications in place of the convolution "
         "blocks (which the block settings then do not shape), with a new head: global "
@@ -255,8 +266,21 @@ class ModelConfig:
     def use_batch_norm(self) -> bool:
         """``batch_norm`` with "auto" (None) resolved."""
         if self.batch_norm is None:
-            return self.blocks >= BATCH_NORM_AUTO_BLOCKS
+            return self.blocks >= DEEP_BLOCKS
         return bool(self.batch_norm)
+
+    @property
+    def head_type(self) -> str:
+        """``head`` with "auto" resolved: "gap" or "flatten"."""
+        if self.head == "auto":
+            return "gap" if self.blocks >= DEEP_BLOCKS else "flatten"
+        return self.head
+
+    @property
+    def any_input_size(self) -> bool:
+        """Whether the network takes photos of any size (global average pooling, no
+        pretrained backbone): it can then train at one size and predict at another."""
+        return self.backbone == "none" and self.head_type == "gap"
 
     def block_filters(self) -> tuple[int, ...]:
         """The filters of each block's Conv2D: as given, or doubling from ``filters``."""
@@ -367,6 +391,14 @@ class TrainConfig:
         "input pipeline; layers: Keras layers for flips, rotations, zooms, shifts and "
         "contrast (slower); none (also --no-augment).", choices=AUGMENTS,
         legacy={True: "crop", False: "none"}, commands=("train",))
+    train_scale: float = setting(
+        0.0, "Train on photos this share of the prepared size (random crops, or whole photos "
+        "without --augment crop, resized), and validate and predict at the prepared size: "
+        "the network then sees animals at the same apparent size in training crops and in "
+        "whole photos. Needs a model that takes any input size (--head gap, no --backbone). "
+        f"0: auto, {AUTO_TRAIN_SCALE:g} for such a model and 1 otherwise.", min=0, max=1,
+        default_text=f"auto: {AUTO_TRAIN_SCALE:g} with --head gap, else 1",
+        commands=("train",))
     mixup: float = setting(
         0.0, "Mixup: train on blends of two photos (and of their labels) with a share drawn "
         "from Beta(MIXUP, MIXUP), e.g. 0.2; 0: none.", min=0, max=10, commands=("train",))
@@ -422,8 +454,39 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config a ``model.json``'s ``training`` table (or a checkpoint's) describes; a
+        setting it lacks means what it meant before the setting existed."""
         known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        values = {**TRAINING_ABSENT_MEANS, **data}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    def resolved_train_scale(self, model: ModelConfig) -> float:
+        """``train_scale`` with 0 ("auto") resolved for ``model``; ValueError for a scale
+        below 1 that ``model`` cannot train at (a Flatten head or a backbone fixes the
+        input size), or that its blocks shrink to nothing."""
+        if self.train_scale == 0:
+            return AUTO_TRAIN_SCALE if model.any_input_size else 1.0
+        if self.train_scale < 1 and not model.any_input_size:
+            what = (f"--backbone {model.backbone}" if model.backbone != "none"
+                    else "a Flatten head")
+            raise ValueError(f"--train-scale {self.train_scale:g} needs a model that takes "
+                             f"any input size, and {what} fixes it: use --head gap, or "
+                             "--train-scale 1")
+        return self.train_scale
+
+    def train_size(self, model: ModelConfig) -> int:
+        """The side in pixels of the photos trained on, for ``model`` at its image size
+        (``resolved_train_scale`` × ``model.image_size``, rounded); ValueError when
+        ``model``'s blocks shrink it to nothing."""
+        scale = self.resolved_train_scale(model)
+        side = max(1, int(round(model.image_size * scale)))
+        if side != model.image_size and model.backbone == "none":
+            try:
+                dataclasses.replace(model, image_size=side, check_size=False).check_blocks_fit()
+            except ValueError as error:
+                raise ValueError(f"--train-scale {scale:g} trains on {side}px photos: "
+                                 f"{error}") from None
+        return side
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}

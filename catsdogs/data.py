@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from catsdogs.backend import keras as import_keras
@@ -39,6 +40,9 @@ class ImageBatches(keras.utils.PyDataset):
     Only one batch is materialized at a time (per worker); the memory map is never copied.
     The pixels stay uint8 (a quarter of the bytes of float32 to move): the model's input
     layer converts them to float32 inside the compiled step.
+    With ``size`` (a side in pixels other than the stored one) the photos come out at that
+    size: the random crops are resized to it, or without ``augment`` the whole photos
+    (:func:`resize_batch`; ``--train-scale``).
     With ``mixup`` above 0 the photos (after augmentation) and their labels are then
     :func:`mix_batch`-ed.
     With ``shuffle`` the order of each epoch is drawn from a generator seeded by
@@ -61,6 +65,7 @@ class ImageBatches(keras.utils.PyDataset):
         start_epoch: int = 0,
         augment: bool = False,
         mixup: float = 0.0,
+        size: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -83,6 +88,10 @@ class ImageBatches(keras.utils.PyDataset):
         if mixup < 0:
             raise ValueError(f"mixup must be at least 0, got {mixup}")
         self.mixup = mixup
+        stored = int(images.shape[1])
+        if size is not None and size < 1:
+            raise ValueError(f"size must be at least 1 pixel, got {size}")
+        self.size = stored if size is None else int(size)
         self.epoch = start_epoch
         self.order = self._order_for(self.epoch)
 
@@ -98,11 +107,13 @@ class ImageBatches(keras.utils.PyDataset):
         chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         x = np.asarray(self.images[chosen])  # sorted reads are sequential on disk
         y = self.labels[chosen]
+        if not self.augment and self.size != x.shape[1]:
+            x = resize_batch(x, self.size)
         if not (self.augment or self.mixup):
             return x, y
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.augment:
-            x = augment_batch(x, rng)
+            x = augment_batch(x, rng, self.size)
         if self.mixup:
             x, y = mix_batch(x, y, self.mixup, rng)
         return x, y
@@ -137,25 +148,43 @@ def crop_box(side: int, rng: np.random.Generator, tries: int = 10
     return 0, 0, side, side
 
 
-def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A new uint8 batch (N, S, S, C): each photo a random resized crop (back to S×S),
-    mirrored with probability 1/2, then its saturation (colour photos only), contrast and
-    brightness scaled by factors drawn in ``JITTER``. Every step is one OpenCV call on
-    uint8 pixels (about 4× faster than the same arithmetic in float32 numpy), so the same on
-    every Keras backend; OpenCV's thread count (``cv2.setNumThreads``) applies."""
-    import cv2
-
+def augment_batch(images: np.ndarray, rng: np.random.Generator, size: int | None = None
+                  ) -> np.ndarray:
+    """A new uint8 batch (N, size, size, C) from a batch (N, S, S, C): each photo a random
+    resized crop (resized to ``size``×``size``; default: S×S), mirrored with probability 1/2,
+    then its saturation (colour photos only), contrast and brightness scaled by factors drawn
+    in ``JITTER``. Every step is one OpenCV call on uint8 pixels (about 4× faster than the
+    same arithmetic in float32 numpy), so the same on every Keras backend; OpenCV's thread
+    count (``cv2.setNumThreads``) applies."""
     count, side, channels = images.shape[0], images.shape[1], images.shape[-1]
-    out = np.empty_like(images)
+    size = side if size is None else size
+    out = np.empty((count, size, size, channels), dtype=images.dtype)
     factors = rng.uniform(*JITTER, size=(count, 3))
     for number in range(count):
         top, left, height, width = crop_box(side, rng)
         crop = images[number, top:top + height, left:left + width]
-        if (height, width) != (side, side):
-            crop = cv2.resize(crop, (side, side), interpolation=cv2.INTER_LINEAR)
+        if (height, width) != (size, size):
+            crop = cv2.resize(crop, (size, size), interpolation=resize_method(height, size))
         if rng.random() < 0.5:
             crop = cv2.flip(crop, 1)
-        out[number] = jitter(crop.reshape(side, side, channels), *factors[number])
+        out[number] = jitter(crop.reshape(size, size, channels), *factors[number])
+    return out
+
+
+def resize_method(side: int, size: int) -> int:
+    """OpenCV's interpolation for resizing ``side`` pixels to ``size``: area averaging when
+    shrinking by more than a few percent (no aliasing), bilinear otherwise."""
+    return cv2.INTER_AREA if size < 0.95 * side else cv2.INTER_LINEAR
+
+
+def resize_batch(images: np.ndarray, size: int) -> np.ndarray:
+    """A new uint8 batch of the whole photos resized to ``size``×``size``."""
+    count, side, channels = images.shape[0], images.shape[1], images.shape[-1]
+    out = np.empty((count, size, size, channels), dtype=images.dtype)
+    for number in range(count):
+        out[number] = cv2.resize(images[number], (size, size),
+                                 interpolation=resize_method(side, size)
+                                 ).reshape(size, size, channels)
     return out
 
 
@@ -164,8 +193,6 @@ def jitter(photo: np.ndarray, brightness: float, contrast: float, saturation: fl
     """``photo`` (uint8 H×W×C) blended with its gray version by ``saturation`` (colour only),
     its contrast scaled around its mean gray level and its brightness scaled, rounded and
     clipped to 0..255 by OpenCV."""
-    import cv2
-
     shape = photo.shape
     if shape[-1] == 3:
         gray = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)

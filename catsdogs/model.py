@@ -25,10 +25,10 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None,
     is Conv2D + MaxPooling2D or AveragePooling2D, with the block's filters, kernel size and
     padding, and BatchNormalization and an Activation when ``config.use_batch_norm``
     (otherwise the activation is the Conv2D's own; see :func:`conv_block` for the order);
-    then the head (Flatten, or
-    GlobalAveragePooling2D for ``head="gap"``), the hidden Dense layers with the same
-    activation, a Dropout when ``dropout_rate`` is above 0, and one sigmoid unit for two
-    classes (softmax otherwise). With no dropout and no batch normalization the layers are
+    then the head (Flatten, or GlobalAveragePooling2D for the "gap"
+    :attr:`~ModelConfig.head_type`), the hidden Dense layers with the same activation, a
+    Dropout when ``dropout_rate`` is above 0, and one sigmoid unit for two classes (softmax
+    otherwise). With no dropout and no batch normalization the layers are
     exactly a textbook's list, the Rescaling (no parameters) first.
 
     ``dtype_policy`` (e.g. ``"mixed_float16"``) applies to every layer but the output, which
@@ -51,7 +51,7 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None,
     ]
     for block in range(config.blocks):
         stack += conv_block(config, block, policy)
-    if config.head == "gap":
+    if config.head_type == "gap":
         stack.append(layers.GlobalAveragePooling2D(name="gap", **policy))
     else:
         stack.append(layers.Flatten(name="flatten", **policy))
@@ -131,18 +131,28 @@ def build_augmentation(seed: int) -> keras.Sequential:
     )
 
 
-def build_trainer(model: keras.Model, augmentation: keras.Model | None) -> keras.Model:
+def build_trainer(model: keras.Model, augmentation: keras.Model | None,
+                  any_size: bool = False) -> keras.Model:
     """The model that is trained: ``augmentation`` then ``model``, sharing ``model``'s weights.
 
-    Only ``model`` (the inference network) is saved; the wrapper exists for ``fit``.
+    With ``any_size`` the trainer takes photos of any size (``model`` must: global average
+    pooling), so that it trains on smaller crops than ``model``'s input and validates at
+    ``model``'s size (``--train-scale``): ``model``'s own layers, called on an input of free
+    height and width. Only ``model`` (the inference network, its input size fixed for export)
+    is saved; the trainer exists for ``fit``.
     """
     keras = import_keras()
-    if augmentation is None:
+    if augmentation is None and not any_size:
         return model
-    return keras.Sequential(
-        [keras.Input(shape=model.input_shape[1:], name="image"), augmentation, model],
-        name="catsdogs_trainer",
-    )
+    shape = (None, None, model.input_shape[-1]) if any_size else model.input_shape[1:]
+    inputs = keras.Input(shape=shape, name="image")
+    features = augmentation(inputs) if augmentation is not None else inputs
+    if any_size:
+        for layer in model.layers:
+            features = layer(features)
+    else:
+        features = model(features)
+    return keras.Model(inputs, features, name="catsdogs_trainer")
 
 
 def summary_lines(model: keras.Model) -> list[str]:

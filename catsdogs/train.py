@@ -107,6 +107,8 @@ class TrainResult:
     precision: str = "float32"
     balance: ClassBalance | None = None
     fine_tune_from: int = 0  # the first fine-tuning epoch (1-based); 0: none
+    image_size: int = 0  # the side of the photos validated on and predicted at
+    train_size: int = 0  # the side of the photos trained on (--train-scale)
     budget: float = 0.0  # seconds; 0: none
     budget_epochs: int = 0  # the epochs the budget allowed, by the last estimate
     epoch_seconds: float = 0.0  # the epoch time that estimate used
@@ -247,22 +249,25 @@ def build_and_compile(
     steps_per_epoch: int,
     precision: str,
     weights: str | None = None,
+    train_size: int | None = None,
 ) -> tuple[Any, Any]:
     """(inference model, compiled training model).
 
     The training model is the augmentation layers (when ``augment`` is "layers") followed by the
-    inference model, sharing its weights; only the inference model is ever saved.
+    inference model, sharing its weights; only the inference model is ever saved. With a
+    ``train_size`` other than the model's image size it takes photos of any size.
     ``weights`` are a backbone's initial weights (imagenet, none, a file; None: random).
     """
     from catsdogs.model import build_augmentation, build_model, build_trainer
 
     keras = import_keras()
+    train_size = model_config.image_size if train_size is None else train_size
     keras.utils.set_random_seed(train_config.seed)
     policy = "mixed_float16" if precision == "mixed" else None
     model = build_model(model_config, dtype_policy=policy, weights=weights)
     augmentation = (build_augmentation(train_config.seed) if train_config.augment == "layers"
                     else None)
-    trainer = build_trainer(model, augmentation)
+    trainer = build_trainer(model, augmentation, any_size=train_size != model_config.image_size)
     compile_trainer(trainer, model_config, train_config,
                     make_learning_rate(train_config, steps_per_epoch), precision,
                     steps_per_epoch)
@@ -695,6 +700,12 @@ class Run:
     def initial_epoch(self) -> int:
         return int(self.state["epochs_done"]) if self.state else 0
 
+    @property
+    def train_size(self) -> int:
+        """The side of the photos trained on (``--train-scale``); validation and the saved
+        model use ``model_config.image_size``."""
+        return self.train_config.train_size(self.model_config)
+
 
 def _train(data: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
            plan: distribute.DistributionPlan, force: bool, resume: bool, hooks: Hooks,
@@ -762,6 +773,10 @@ def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
                                        channels=dataset.channels,
                                        num_classes=len(dataset.classes))
     model_config.validate()
+    # "auto" resolved, so that model.json and a checkpoint say the scale this run used
+    train_config = dataclasses.replace(
+        train_config, train_scale=train_config.resolved_train_scale(model_config))
+    train_config.train_size(model_config)  # ValueError now when the blocks do not fit it
     if train_config.fine_tune_epochs and model_config.backbone == "none":
         raise ValueError("--fine-tune-epochs fine-tunes a pretrained backbone: use it with "
                          "--backbone")
@@ -786,7 +801,7 @@ def make_batches(run: Run) -> tuple[Any, Any, int]:
             dataset.images, labels, index, batch_size, shuffle=True,
             seed=config.seed + plan.worker_index, num_classes=classes,
             start_epoch=run.initial_epoch, workers=TRAIN_WORKERS,
-            augment=config.augment == "crop", mixup=config.mixup,
+            augment=config.augment == "crop", mixup=config.mixup, size=run.train_size,
         ),
         run.split.train, config.batch_size,
     )
@@ -853,7 +868,7 @@ def fit(run: Run, hooks: Hooks, out: Path) -> None:
             # A resumed run's weights come from its checkpoint: nothing to download.
             run.model, run.trainer = build_and_compile(
                 run.model_config, config, steps_per_epoch, run.precision,
-                weights=None if run.state else config.weights)
+                weights=None if run.state else config.weights, train_size=run.train_size)
             if fine_tuning(run) and run.state and run.state.get("fine_tuning"):
                 start_fine_tuning(run)  # resumed in the fine-tuning stage
         # Weights + optimizer state + archive overhead: refuse a too-full disk now, not
@@ -951,6 +966,7 @@ def model_info(run: Run) -> dict[str, Any]:
     return {
         "classes": dataset.classes,
         "image_size": dataset.image_size,
+        "train_size": run.train_size,
         "resize_policy": dataset.info.get("resize_policy", "stretch"),
         "channels": dataset.channels,
         "channel_order": "RGB" if dataset.channels == 3 else "gray",
@@ -999,6 +1015,8 @@ def train_result(run: Run, out: Path, seconds: float) -> TrainResult:
         fine_tune_from=run.train_config.epochs + 1 if run.fine_tuned_layers else 0,
         worker_index=run.plan.worker_index,
         num_workers=run.plan.num_workers,
+        image_size=run.model_config.image_size,
+        train_size=run.train_size,
         budget=run.train_config.budget,
         budget_epochs=run.budget.planned if run.budget is not None else 0,
         epoch_seconds=run.budget.epoch_seconds if run.budget is not None else 0.0,
