@@ -3,7 +3,8 @@ augmentation wrapped around it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
 
 from catsdogs.backend import keras as import_keras
 from catsdogs.config import ModelConfig
@@ -137,22 +138,47 @@ def build_trainer(model: keras.Model, augmentation: keras.Model | None,
 
     With ``any_size`` the trainer takes photos of any size (``model`` must: global average
     pooling), so that it trains on smaller crops than ``model``'s input and validates at
-    ``model``'s size (``--train-scale``): ``model``'s own layers, called on an input of free
-    height and width. Only ``model`` (the inference network, its input size fixed for export)
-    is saved; the trainer exists for ``fit``.
+    ``model``'s size (``--train-scale``): a :class:`keras.Model` whose ``call`` runs
+    ``model``'s own layers one after another, so that ``model``'s graph (its fixed input size,
+    its summary, its export) stays as it was built. Only ``model`` (the inference network) is
+    saved; the trainer exists for ``fit``.
     """
     keras = import_keras()
-    if augmentation is None and not any_size:
-        return model
-    shape = (None, None, model.input_shape[-1]) if any_size else model.input_shape[1:]
-    inputs = keras.Input(shape=shape, name="image")
-    features = augmentation(inputs) if augmentation is not None else inputs
     if any_size:
-        for layer in model.layers:
-            features = layer(features)
-    else:
-        features = model(features)
-    return keras.Model(inputs, features, name="catsdogs_trainer")
+        return any_size_trainer_class()(model, augmentation, name="catsdogs_trainer")
+    if augmentation is None:
+        return model
+    return keras.Sequential(
+        [keras.Input(shape=model.input_shape[1:], name="image"), augmentation, model],
+        name="catsdogs_trainer",
+    )
+
+
+@functools.cache
+def any_size_trainer_class() -> type:
+    """The class of :func:`build_trainer`'s any-size trainer (made once Keras is loaded)."""
+    keras = import_keras()
+
+    class AnySizeTrainer(keras.Model):
+        """``augmentation`` (optional) then the layers of ``network``, on photos of any
+        size; the variables are ``network``'s (and the augmentation's)."""
+
+        def __init__(self, network: keras.Model, augmentation: keras.Model | None = None,
+                     **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.network = network
+            self.augmentation = augmentation
+            self.built = True  # its variables are the built network's
+
+        def call(self, inputs: Any) -> Any:
+            features = inputs
+            if self.augmentation is not None:
+                features = self.augmentation(features)
+            for layer in self.network.layers:
+                features = layer(features)
+            return features
+
+    return AnySizeTrainer
 
 
 def summary_lines(model: keras.Model) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from catsdogs.cli import cli
 from catsdogs.config import AUTO_TRAIN_SCALE, ModelConfig, TrainConfig
 from catsdogs.data import ImageBatches, augment_batch, resize_batch
-from catsdogs.model import build_model, build_trainer
+from catsdogs.model import build_model, build_trainer, summary_lines
 from tests.helpers import TINY_TRAIN, assert_clean_exit
 
 
@@ -96,8 +96,13 @@ def test_a_trainer_of_any_input_size_shares_the_weights_of_the_fixed_size_model(
     assert {id(v) for v in trainer.weights} == {id(v) for v in model.weights}
     full = photos(2).astype("float32")
     np.testing.assert_allclose(np.asarray(trainer(full)), np.asarray(model(full)), atol=1e-6)
+    # training mode reaches the layers (dropout, batch statistics)
+    assert not np.allclose(np.asarray(trainer(full, training=True)), np.asarray(model(full)))
     assert np.asarray(trainer(photos(2, side=19).astype("float32"))).shape == (2, 1)
+    # the inference model's graph is untouched: its input size, and its summary's shapes
     assert model.input_shape == (None, 24, 24, 3)  # what is saved and exported
+    table = "\n".join(summary_lines(model))
+    assert "(None, 24, 24, 3)" in table and "None, None" not in table
 
 
 def test_train_refuses_a_flatten_head_below_scale_one_in_one_line(runner, prepared, tmp_path):
@@ -126,3 +131,21 @@ def test_train_on_smaller_crops_then_validate_save_and_predict_at_full_size(
                                  *map(str, unseen_photos["cats"])])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)) == 4
+
+
+@pytest.mark.slow
+def test_a_resumed_run_trains_at_the_scale_it_started_with(prepared, tmp_path):
+    """The resolved scale is in the checkpoint: the resumed epochs train on the same crops
+    (same metrics, to float rounding) even though the scale was "auto"."""
+    from catsdogs.train import train
+    from tests.test_train_control import InterruptAfter
+
+    model = ModelConfig(blocks=2, filters=4, head="gap", dropout_rate=0.0)
+    config = TrainConfig(epochs=4, batch_size=4, learning_rate=0.01, seed=7)
+    whole = train(prepared, tmp_path / "whole", model, config)
+    train(prepared, tmp_path / "split", model, config, callbacks=[InterruptAfter(2)])
+    resumed = train(prepared, tmp_path / "split", ModelConfig(), TrainConfig(), resume=True)
+    assert (whole.train_size, resumed.train_size, resumed.image_size) == (19, 19, 24)
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        for key in ("loss", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a, b)
