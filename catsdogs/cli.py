@@ -4,6 +4,7 @@ prints the result. Keras and TensorFlow are imported inside command bodies only,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -315,7 +316,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
 
         hide_gpus()
     if train_config.budget and ctx.get_parameter_source("epochs").name == "DEFAULT":
-        train_config.epochs = 10_000  # --budget alone: the time decides the epochs
+        # --budget alone: the time decides the epochs
+        train_config = dataclasses.replace(train_config, epochs=10_000)
     progress = TrainProgress(planned_epochs(model_config.backbone, train_config.epochs,
                                             train_config.fine_tune_epochs), train_config.budget)
     if model_config.backbone != "none" and train_config.fine_tune_epochs:
