@@ -18,6 +18,7 @@ ACTIVATIONS = ("relu", "gelu", "silu", "elu", "selu", "tanh", "leaky_relu", "sig
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PADDINGS = ("valid", "same")
 POOLS = ("max", "avg")
+CONVS = ("standard", "separable")
 CHANNELS = (1, 3)
 HEADS = ("auto", "flatten", "gap")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
@@ -225,6 +226,11 @@ class ModelConfig:
         "block (6,16).", min=1, max=1024)
     kernel_size: int | tuple[int, ...] = setting(
         3, "Side of the square convolution kernels; or one per block (5,5).", min=1, max=15)
+    conv: str = setting(
+        "standard", "standard: Conv2D in every block; separable: SeparableConv2D (a depthwise "
+        "then a 1x1 pointwise convolution, fewer parameters and multiplications) in every "
+        "block but the first, whose few input channels leave a depthwise step little to do.",
+        choices=CONVS)
     pool_size: int = setting(2, "Side of the pooling windows.", min=1, max=8)
     pool: str = setting("max", "Pooling after each block: max or avg (average).",
                         choices=POOLS)

@@ -74,7 +74,8 @@ def build_model(config: ModelConfig, dtype_policy: str | None = None,
 
 
 def conv_block(config: ModelConfig, block: int, policy: dict[str, str]) -> list:
-    """The layers of block number ``block`` (from 0): Conv2D, then pooling, then
+    """The layers of block number ``block`` (from 0): Conv2D (SeparableConv2D after the
+    first block with ``conv="separable"``), then pooling, then
     BatchNormalization + Activation (``block_order`` conv-pool-norm, the default); or Conv2D,
     BatchNormalization + Activation, pooling (conv-norm-pool); without batch norm, Conv2D
     (with its activation) and pooling.
@@ -86,8 +87,10 @@ def conv_block(config: ModelConfig, block: int, policy: dict[str, str]) -> list:
 
     batch_norm = config.use_batch_norm
     name = f"block{block + 1}"
+    convolution = (layers.SeparableConv2D if config.conv == "separable" and block > 0
+                   else layers.Conv2D)
     stack: list = [
-        layers.Conv2D(
+        convolution(
             config.block_filters()[block],
             config.block_kernel_sizes()[block],
             padding=config.block_paddings()[block],

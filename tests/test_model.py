@@ -153,3 +153,39 @@ def test_model_json_without_block_order_means_the_old_order():
     old = ModelConfig.from_dict({"blocks": 3})
     assert old.block_order == "conv-norm-pool"
     assert ModelConfig.from_dict(ModelConfig().to_dict()).block_order == "conv-pool-norm"
+
+
+def test_separable_blocks_after_the_first_and_their_parameters(runner):
+    model = build_model(ModelConfig(image_size=64, blocks=3, filters=16, conv="separable"))
+    kinds = [type(model.get_layer(f"block{n}_conv")).__name__ for n in (1, 2, 3)]
+    assert kinds == ["Conv2D", "SeparableConv2D", "SeparableConv2D"]
+    # depthwise 3×3 per input channel, then a 1×1 from 16 to 32 channels; no bias (batch norm)
+    assert model.get_layer("block2_conv").count_params() == 3 * 3 * 16 + 16 * 32
+    result = runner.invoke(cli, ["summary", "--size", "64", "--blocks", "3", "--conv",
+                                 "separable"])
+    assert result.exit_code == 0, result.output
+    assert "block2_conv (SeparableConv2D)" in result.output
+    assert "block1_conv (Conv2D)" in result.output
+    result = runner.invoke(cli, ["summary", "--conv", "depthwise"])
+    assert result.exit_code == 2 and "'depthwise' is not one of" in result.output
+
+
+@pytest.mark.slow
+def test_a_separable_model_trains_exports_and_predicts(runner, prepared, tmp_path,
+                                                       unseen_photos):
+    import json
+
+    out = tmp_path / "model"
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
+                                 "--blocks", "2", "--filters", "4", "--conv", "separable",
+                                 "--head", "gap", "--epochs", "2", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "model.json").read_text())
+    assert info["model"]["conv"] == "separable" and info["onnx"]["file"] == "model.onnx"
+    onnx = runner.invoke(cli, ["predict", "--model", str(out), "--json",
+                               str(unseen_photos["cats"][0])])
+    keras_run = runner.invoke(cli, ["predict", "--model", str(out), "--json", "--engine",
+                                    "keras", str(unseen_photos["cats"][0])])
+    assert onnx.exit_code == 0 and keras_run.exit_code == 0, onnx.output + keras_run.output
+    assert json.loads(onnx.output)[0]["probability"] == pytest.approx(
+        json.loads(keras_run.output)[0]["probability"], abs=1e-4)
