@@ -173,12 +173,13 @@ def any_size_trainer_class() -> type:
             self.augmentation = augmentation
             self.built = True  # its variables are the built network's
 
-        def call(self, inputs: Any) -> Any:
+        def call(self, inputs: Any, training: bool | None = None) -> Any:
+            # ``training`` passed on explicitly: batch normalization and dropout must train
             features = inputs
             if self.augmentation is not None:
-                features = self.augmentation(features)
+                features = self.augmentation(features, training=training)
             for layer in self.network.layers:
-                features = layer(features)
+                features = layer(features, training=training)
             return features
 
     return AnySizeTrainer

@@ -90,7 +90,8 @@ def test_crops_resized_to_a_smaller_side_keep_a_flat_photo_flat():
 
 
 def test_a_trainer_of_any_input_size_shares_the_weights_of_the_fixed_size_model():
-    model = build_model(ModelConfig(image_size=24, blocks=2, filters=4, head="gap"))
+    model = build_model(ModelConfig(image_size=24, blocks=2, filters=4, head="gap",
+                                    batch_norm=True))
     trainer = build_trainer(model, None, any_size=True)
     assert trainer is not model and trainer.count_params() == model.count_params()
     assert {id(v) for v in trainer.weights} == {id(v) for v in model.weights}
@@ -98,6 +99,11 @@ def test_a_trainer_of_any_input_size_shares_the_weights_of_the_fixed_size_model(
     np.testing.assert_allclose(np.asarray(trainer(full)), np.asarray(model(full)), atol=1e-6)
     # training mode reaches the layers (dropout, batch statistics)
     assert not np.allclose(np.asarray(trainer(full, training=True)), np.asarray(model(full)))
+    # ... in a training step too: batch normalization learns its moving statistics
+    trainer.compile(optimizer="adam", loss="binary_crossentropy")
+    before = np.asarray(model.get_layer("block1_bn").moving_mean).copy()
+    trainer.train_on_batch(photos(4, side=19), np.ones((4, 1), dtype="float32"))
+    assert not np.allclose(before, np.asarray(model.get_layer("block1_bn").moving_mean))
     assert np.asarray(trainer(photos(2, side=19).astype("float32"))).shape == (2, 1)
     # the inference model's graph is untouched: its input size, and its summary's shapes
     assert model.input_shape == (None, 24, 24, 3)  # what is saved and exported
