@@ -35,17 +35,16 @@ import keras  # noqa: E402
 
 from catsdogs.config import ModelConfig  # noqa: E402
 from catsdogs.model import build_model  # noqa: E402
+from catsdogs.train import training_rows  # noqa: E402
 from data_prep.store import read_dataset  # noqa: E402
 
 
-def rows_of(dataset, part: str) -> np.ndarray:
-    split = dataset.manifest.get("split")
-    if part == "test":
-        return np.flatnonzero(split.astype(str).to_numpy() == "test")
-    if part == "train":
-        return np.flatnonzero(split.astype(str).to_numpy() != "test") if split is not None \
-            else np.arange(len(dataset.manifest))
-    return np.arange(len(dataset.manifest))
+def test_rows(dataset) -> np.ndarray:
+    """The rows of a prepared dataset's test split (ValueError when it has none)."""
+    manifest = dataset.manifest
+    if "split" not in manifest.columns:
+        raise ValueError(f"{dataset.path} has no test split (prepare --test-fraction)")
+    return np.flatnonzero(manifest["split"].astype(str).to_numpy() == "test")
 
 
 def network_at(model_dir: Path, size: int) -> keras.Model:
@@ -58,7 +57,7 @@ def network_at(model_dir: Path, size: int) -> keras.Model:
 
 def recalibrate(network: keras.Model, folder: Path, passes: int = 2) -> None:
     dataset = read_dataset(folder)
-    rows = rows_of(dataset, "train")
+    rows = training_rows(dataset)
     rng = np.random.default_rng(0)
     for _ in range(passes):
         order = rng.permutation(rows)
@@ -73,17 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recalibrate", type=Path, help="a prepared dataset (see above)")
     args = parser.parse_args(argv)
     networks: dict[int, keras.Model] = {}
+    only_size = read_dataset(args.recalibrate).image_size if args.recalibrate else None
     for spec in args.data:
         name, folder, part = spec.rsplit(":", 2)
         dataset = read_dataset(folder)
         size = int(dataset.image_size)
-        if args.recalibrate and size != read_dataset(args.recalibrate).image_size:
+        if only_size is not None and size != only_size:
             continue
         if size not in networks:
             networks[size] = network_at(args.model, size)
             if args.recalibrate:
                 recalibrate(networks[size], args.recalibrate)
-        rows = rows_of(dataset, part)
+        rows = test_rows(dataset) if part == "test" else np.arange(len(dataset.manifest))
         images = np.asarray(dataset.images[rows])
         labels = dataset.manifest["label"].to_numpy()[rows]
         plain = networks[size].predict(images, batch_size=64, verbose=0)[:, 0]

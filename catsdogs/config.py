@@ -469,7 +469,7 @@ class TrainConfig:
     def resolved_train_scale(self, model: ModelConfig) -> float:
         """``train_scale`` with 0 ("auto") resolved for ``model``; ValueError for a scale
         below 1 that ``model`` cannot train at (a Flatten head or a backbone fixes the
-        input size), or that its blocks shrink to nothing."""
+        input size). :meth:`train_size` also checks that the blocks fit."""
         if self.train_scale == 0:
             return AUTO_TRAIN_SCALE if model.any_input_size else 1.0
         if self.train_scale < 1 and not model.any_input_size:

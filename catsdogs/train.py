@@ -695,16 +695,14 @@ class Run:
     started: float = 0.0  # time.perf_counter() when the run began (set-up included)
     steps_per_epoch: int = 0
     budget: Budget | None = None
+    # the side of the photos trained on (--train-scale); validation and the saved model use
+    # model_config.image_size
+    train_size: int = 0
 
     @property
     def initial_epoch(self) -> int:
         return int(self.state["epochs_done"]) if self.state else 0
 
-    @property
-    def train_size(self) -> int:
-        """The side of the photos trained on (``--train-scale``); validation and the saved
-        model use ``model_config.image_size``."""
-        return self.train_config.train_size(self.model_config)
 
 
 def _train(data: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
@@ -776,7 +774,7 @@ def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
     # "auto" resolved, so that model.json and a checkpoint say the scale this run used
     train_config = dataclasses.replace(
         train_config, train_scale=train_config.resolved_train_scale(model_config))
-    train_config.train_size(model_config)  # ValueError now when the blocks do not fit it
+    train_size = train_config.train_size(model_config)  # ValueError when the blocks do not fit
     if train_config.fine_tune_epochs and model_config.backbone == "none":
         raise ValueError("--fine-tune-epochs fine-tunes a pretrained backbone: use it with "
                          "--backbone")
@@ -784,7 +782,7 @@ def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
         raise ValueError("--budget does not plan a backbone's two stages yet: give --epochs "
                          "and --fine-tune-epochs instead")
     return Run(data, dataset, model_config, train_config, plan, partial, state,
-               split_rows(dataset, train_config))
+               split_rows(dataset, train_config), train_size=train_size)
 
 
 def make_batches(run: Run) -> tuple[Any, Any, int]:
