@@ -309,10 +309,13 @@ async def read_body(request: Any, limit: int, timeout: float) -> bytes:
         if message["type"] == "http.disconnect":
             raise RequestError(400, "the client went away during the upload", drain=False)
         body += message.get("body", b"")
+        finished = not message.get("more_body", False)
+        if finished:
+            # also before a 413: there is nothing left to drain (the client waits for none)
+            request.scope[BODY_READ] = True
         if len(body) > limit:
             raise RequestError(413, too_large_message(limit))
-        if not message.get("more_body", False):
-            request.scope[BODY_READ] = True
+        if finished:
             return bytes(body)
 
 

@@ -27,6 +27,7 @@ import pytest
 
 from catsdogs.cli import cli
 from catsdogs.predict import Predictor
+from catsdogs.serve import BODY_TIMEOUT
 from tests.helpers import make_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,8 @@ def multipart(files: list[tuple[str, bytes]], text_field: bool = False) -> tuple
 
 
 def request(url: str, body=None, content_type: str | None = None,
-            headers: dict | None = None) -> tuple[int, dict, object]:
+            headers: dict | None = None, timeout: float = START_TIMEOUT
+            ) -> tuple[int, dict, object]:
     """(status, headers, JSON or text) for one request; 4xx/5xx answers are returned too."""
     headers = dict(headers or {})
     if content_type:
@@ -110,7 +112,7 @@ def request(url: str, body=None, content_type: str | None = None,
     method = "POST" if body is not None else "GET"
     call = urllib.request.Request(url, data=body, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(call, timeout=START_TIMEOUT) as answer:
+        with urllib.request.urlopen(call, timeout=timeout) as answer:
             status, answer_headers, raw = answer.status, dict(answer.headers), answer.read()
     except urllib.error.HTTPError as error:
         status, answer_headers, raw = error.code, dict(error.headers), error.read()
@@ -256,7 +258,10 @@ def test_upload_over_max_upload_gets_413_with_or_without_length(server):
     assert status == 413
     assert answer == {"error": "upload larger than 1 MB (--max-upload)"}
     chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))  # chunked: no length
-    status, _, answer = request(server.url + "predict", chunks, "image/jpeg")
+    # The piece that crosses the limit is the last one: the answer must not wait for more
+    # (it once waited the whole body timeout, 30 s, for a body that had ended).
+    status, _, answer = request(server.url + "predict", chunks, "image/jpeg",
+                                timeout=BODY_TIMEOUT / 2)
     assert status == 413 and answer["error"] == "upload larger than 1 MB (--max-upload)"
     assert request(server.url + "health")[0] == 200
 
