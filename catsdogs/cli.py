@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from catsdogs import __version__
+from catsdogs.config import DEFAULT_TIME_LIMIT
 from catsdogs.options import configs_from, setting_options
 from catsdogs.recipe import ignored_settings, recipe_text
 
@@ -274,7 +275,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     """Build the model, print its parameter summary, and train it on a prepared dataset.
 
     With no options this is the default recipe: 5 blocks with batch normalization,
-    augmentation, AdamW with a cosine schedule and label smoothing, 150 epochs. The
+    augmentation, AdamW with a cosine schedule and label smoothing, 150 epochs (at most
+    18 minutes: on a slower machine the schedule is fitted to the epochs that fit). The
     weights of the best epoch by --monitor are saved to --out as model.keras, with
     model.json, history.csv and curves.png. Ctrl-C stops after saving the best epoch so
     far; --resume continues from the last finished epoch. --config FILE reads the
@@ -318,8 +320,12 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     if train_config.budget and ctx.get_parameter_source("epochs").name == "DEFAULT":
         # --budget alone: the time decides the epochs
         train_config = dataclasses.replace(train_config, epochs=10_000)
+    time_limit = not resume and default_length(ctx, model_config)
+    if time_limit:
+        train_config = dataclasses.replace(train_config, budget=DEFAULT_TIME_LIMIT)
     progress = TrainProgress(planned_epochs(model_config.backbone, train_config.epochs,
-                                            train_config.fine_tune_epochs), train_config.budget)
+                                            train_config.fine_tune_epochs), train_config.budget,
+                             time_limit=time_limit)
     if model_config.backbone != "none" and train_config.fine_tune_epochs:
         progress.fine_tune_from = train_config.epochs + 1
     if resume:
@@ -332,7 +338,20 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
                          on_data=report_balance, tensorboard=tensorboard,
                          on_plan=progress.on_plan, started=started)
     progress.clear()
-    report_training(result, data, out, train_config.patience)
+    report_training(result, data, out, train_config.patience,
+                    default_epochs=train_config.epochs if time_limit else 0)
+
+
+def default_length(ctx: click.Context, model_config: Any) -> bool:
+    """Whether the run's length is the default one, which keeps to ``DEFAULT_TIME_LIMIT``:
+    neither --epochs nor --budget given (on the command line or by a --config recipe), on one
+    machine (a time limit of each worker's own could stop them at different epochs), without
+    a pretrained backbone (whose two stages a time budget does not plan)."""
+    from catsdogs.distribute import read_tf_config
+
+    chosen = any(ctx.get_parameter_source(name).name != "DEFAULT"
+                 for name in ("epochs", "budget"))
+    return not chosen and model_config.backbone == "none" and read_tf_config() is None
 
 
 class TrainProgress:
@@ -341,17 +360,31 @@ class TrainProgress:
     The bar is drawn only on a terminal; piped or redirected, one line per epoch.
     """
 
-    def __init__(self, total_epochs: int, budget: float = 0.0) -> None:
+    def __init__(self, total_epochs: int, budget: float = 0.0, time_limit: bool = False
+                 ) -> None:
         import sys
 
         self.total_epochs = total_epochs
         self.terminal = sys.stdout.isatty()
         self.fine_tune_from = 0  # the first epoch of a backbone's fine-tuning stage
         self.budget = budget
+        self.time_limit = time_limit  # the default length's limit, not a --budget
+        self.requested = total_epochs
         self.planned = 0
+        self.timed = 0  # epochs timed so far
 
     def on_plan(self, epochs: int, epoch_seconds: float) -> None:
-        """--budget: say how many epochs it allows, once, when the first epoch is timed."""
+        """--budget: say how many epochs it allows, once, when the first epoch is timed.
+        The default length's time limit: say so only if it cuts the epochs, by the time of
+        the second epoch (the first includes the set-up)."""
+        self.timed += 1
+        if self.time_limit:
+            if not self.planned and self.timed >= 2 and epochs < self.requested:
+                click.echo(time_limit_line(self.requested, epochs, epoch_seconds))
+                self.planned = epochs
+            if self.planned:
+                self.total_epochs = epochs
+            return
         if not self.planned:
             click.echo(budget_line(self.budget, epochs, epoch_seconds, "allows"))
         self.planned = self.total_epochs = epochs
@@ -405,6 +438,16 @@ def budget_line(budget: float, epochs: int, epoch_seconds: float, verb: str) -> 
             f"{'s' if epochs != 1 else ''} ({epoch_seconds:.1f} s each).")
 
 
+def time_limit_line(requested: int, epochs: int, epoch_seconds: float) -> str:
+    """``The default 150 epochs take longer than 18m here: 97 fit (11.8 s each), ...``"""
+    from catsdogs.config import format_duration
+
+    return (f"The default {requested} epochs take longer than "
+            f"{format_duration(DEFAULT_TIME_LIMIT)} here: {epochs} fit "
+            f"({epoch_seconds:.1f} s each), and the learning-rate schedule is fitted to "
+            f"them; --epochs {requested} trains them all.")
+
+
 def resume_banner(out: Path) -> int:
     """Say which run ``--resume`` continues; return its number of epochs."""
     from catsdogs.train import checkpoint_folder, read_checkpoint
@@ -435,7 +478,8 @@ def report_balance(balance: Any) -> None:
                    "each class count the same")
 
 
-def report_training(result: Any, data: Path, out: Path, patience: int) -> None:
+def report_training(result: Any, data: Path, out: Path, patience: int,
+                    default_epochs: int = 0) -> None:
     """The end of ``train``: the best epoch, where the model is, exit 130 if interrupted."""
     best = result.best
     if result.interrupted:
@@ -454,7 +498,13 @@ def report_training(result: Any, data: Path, out: Path, patience: int) -> None:
         f"val_loss {best.get('val_loss', 0):.4f} ({result.num_train:,} training photos"
         f"{sizes[0]}, {result.num_validation:,} validation{sizes[1]}, {result.seconds:.0f} s)"
     )
-    if result.budget:
+    if default_epochs:  # the default length, which keeps to DEFAULT_TIME_LIMIT
+        if result.budget_epochs < default_epochs:
+            from catsdogs.config import format_duration
+
+            click.echo(f"The {format_duration(DEFAULT_TIME_LIMIT)} limit of the default "
+                       f"length allowed {result.budget_epochs} of its {default_epochs} epochs.")
+    elif result.budget:
         click.echo(budget_line(result.budget, result.budget_epochs, result.epoch_seconds,
                                "allowed"))
     if result.worker_index == 0:
