@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.config import DEFAULT_TIME_LIMIT
+from catsdogs.config import DEFAULT_TIME_LIMIT, format_duration
 from catsdogs.options import configs_from, setting_options
 from catsdogs.recipe import ignored_settings, recipe_text
 
@@ -431,8 +431,6 @@ class TrainProgress:
 
 def budget_line(budget: float, epochs: int, epoch_seconds: float, verb: str) -> str:
     """``The 5m budget allows 37 epochs (7.9 s each).``"""
-    from catsdogs.config import format_duration
-
     name = f"{format_duration(budget)} " if budget else ""  # a resumed run's own budget
     return (f"The {name}budget {verb} {epochs} epoch"
             f"{'s' if epochs != 1 else ''} ({epoch_seconds:.1f} s each).")
@@ -440,8 +438,6 @@ def budget_line(budget: float, epochs: int, epoch_seconds: float, verb: str) -> 
 
 def time_limit_line(requested: int, epochs: int, epoch_seconds: float) -> str:
     """``The default 150 epochs take longer than 18m here: 97 fit (11.8 s each), ...``"""
-    from catsdogs.config import format_duration
-
     return (f"The default {requested} epochs take longer than "
             f"{format_duration(DEFAULT_TIME_LIMIT)} here: {epochs} fit "
             f"({epoch_seconds:.1f} s each), and the learning-rate schedule is fitted to "
@@ -500,8 +496,6 @@ def report_training(result: Any, data: Path, out: Path, patience: int,
     )
     if default_epochs:  # the default length, which keeps to DEFAULT_TIME_LIMIT
         if result.budget_epochs < default_epochs:
-            from catsdogs.config import format_duration
-
             click.echo(f"The {format_duration(DEFAULT_TIME_LIMIT)} limit of the default "
                        f"length allowed {result.budget_epochs} of its {default_epochs} epochs.")
     elif result.budget:

@@ -704,7 +704,6 @@ class Run:
         return int(self.state["epochs_done"]) if self.state else 0
 
 
-
 def _train(data: Path, out: Path, model_config: ModelConfig, train_config: TrainConfig, *,
            plan: distribute.DistributionPlan, force: bool, resume: bool, hooks: Hooks,
            started: float | None = None) -> TrainResult:
