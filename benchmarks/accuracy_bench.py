@@ -54,7 +54,7 @@ class Run:
     seed: int
     held_out: float | None = None
     other: float | None = None
-    held_out_tta: float | None = None  # evaluate --tta: each photo averaged with its mirror
+    held_out_tta: float | None = None  # evaluate --tta: the views of each photo averaged
     other_tta: float | None = None
     wall_s: float = 0.0
     cpu_s: float = 0.0
@@ -97,7 +97,7 @@ def run_cli(args: list[str], log: Path) -> tuple[int, float, float]:
 
 
 def accuracy_of(folder: Path) -> tuple[float | None, float | None]:
-    """(accuracy, accuracy with mirror TTA) from an evaluation folder."""
+    """(accuracy, accuracy with TTA) from an evaluation folder."""
     metrics = json.loads((folder / "metrics.json").read_text())
     return metrics.get("accuracy"), (metrics.get("tta") or {}).get("accuracy")
 
@@ -135,9 +135,9 @@ def one_run(recipe: Recipe, seed: int, prepared: Path, other: Path | None, commo
         if code != 0:
             run.error = f"evaluate {name} exit {code}"
             return run
-        plain, mirrored = accuracy_of(out)
+        plain, augmented = accuracy_of(out)
         setattr(run, name, plain)
-        setattr(run, f"{name}_tta", mirrored)
+        setattr(run, f"{name}_tta", augmented)
     return run
 
 
@@ -190,12 +190,12 @@ def table(recipes: list[Recipe], runs: list[Run], common: list[str]) -> str:
         rate = f"{statistics.fmean(rates):.0f}" if rates else "–"
         tta = [[getattr(run, name) for run in mine if getattr(run, name) is not None]
                for name in ("held_out_tta", "other_tta")]
-        mirrored = ", ".join(f"{statistics.fmean(values):.1%}" if values else "–"
-                             for values in tta)
+        augmented = ", ".join(f"{statistics.fmean(values):.1%}" if values else "–"
+                              for values in tta)
         note = f" (failed: {'; '.join(failed)})" if failed else ""
         lines.append(
             f"| {recipe.name} | `{options}` | {','.join(str(run.seed) for run in mine)}{note} "
-            f"| {spread(held)} | {spread(other)} | {drop} | {mirrored} "
+            f"| {spread(held)} | {spread(other)} | {drop} | {augmented} "
             f"| {statistics.fmean([run.epochs for run in mine]):.0f} "
             f"| {statistics.fmean([run.wall_s for run in mine]) / 60:.1f} min "
             f"| {statistics.fmean([run.cpu_s for run in mine]) / 60:.1f} min | {rate} |"

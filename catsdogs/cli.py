@@ -521,8 +521,9 @@ ENGINE_HELP = ("onnx: model.onnx with onnxruntime (fast start, no TensorFlow); k
                "model.keras; auto: onnx when the model folder has it.")
 
 
-TTA_HELP = ("Test-time augmentation: average the probabilities of each photo and of its "
-            "mirror image (twice the model work).")
+TTA_HELP = ("Test-time augmentation: average the probabilities of six views of each photo: "
+            "the photo, its central 90% and 80% (resized back), and their mirror images "
+            "(six times the model work).")
 
 
 def model_option(function: Callable) -> Callable:
@@ -652,8 +653,8 @@ def percent(value: float | None) -> str:
               show_default=True, help=ENGINE_HELP)
 @click.option("--force", is_flag=True, help="Replace an evaluation already in --out.")
 @click.option("--tta", is_flag=True,
-              help="Also report the figures with test-time augmentation: each photo and its "
-                   "mirror image averaged (both predicted in one pass).")
+              help="Also report the figures with test-time augmentation: six views of each "
+                   "photo averaged, as predict --tta does (all predicted in one pass).")
 def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | None,
              batch_size: int, engine: str, force: bool, tta: bool) -> None:
     """Measure the model on labelled photos it has not trained on.

@@ -6,9 +6,10 @@ Photos are predicted by the same :class:`~catsdogs.predict.Predictor` and the sa
 :func:`~catsdogs.predict.decide` as ``catsdogs predict``, so the accuracy is exactly what
 ``predict`` gives on the same photos. The metrics are computed here with numpy.
 
-With ``tta=True`` every photo and its mirror are predicted in the same pass (each photo decoded
+With ``tta=True`` every photo's test-time views (:func:`~catsdogs.predict.tta_views`: the
+photo, its central crops and their mirrors) are predicted in the same pass (each photo decoded
 once), and ``metrics.json`` holds both figures: the usual ones, of the photo alone, and under
-``tta`` those of the mean over the photo and its mirror (what ``predict --tta`` answers).
+``tta`` those of the mean over the views (what ``predict --tta`` answers).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from typing import Any
 import numpy as np
 
 from catsdogs import __version__
-from catsdogs.predict import Prediction, Predictor, decide
+from catsdogs.predict import TTA_NAME, Prediction, Predictor, decide
 from data_prep import safeio
 from data_prep.discover import printable
 
 FORMAT = "catsdogs-evaluation/1"
-TTA_NAME = "mirror"
 MISTAKES_SHOWN = 16
 LOG_LOSS_EPSILON = 1e-15
 
@@ -295,7 +295,7 @@ def evaluate(
     tta: bool = False,
 ) -> EvaluationResult:
     """Predict every labelled photo in ``data`` and write the report folder ``out``; with
-    ``tta`` also the figures of test-time augmentation (the photo and its mirror averaged)."""
+    ``tta`` also the figures of test-time augmentation (the views of each photo averaged)."""
     data_path, out_path = Path(data), Path(out)
     if not data_path.exists():
         raise FileNotFoundError(f"no data at {data_path}")

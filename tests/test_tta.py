@@ -1,4 +1,5 @@
-"""Test-time augmentation (--tta): the photo and its mirror image, averaged."""
+"""Test-time augmentation (--tta): six views of each photo (the photo, its central 90% and 80%
+resized back, and the mirror images of the three), averaged."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 import catsdogs.predict as predict_module
 from catsdogs.cli import cli
-from catsdogs.predict import Predictor, mirrored
+from catsdogs.predict import TTA_NAME, Predictor, central_crop, mirrored, tta_views
 from catsdogs.serve import PhotoService, RequestError, parse_options
 from tests.helpers import assert_clean_exit, make_photo, write_photos
 
@@ -69,17 +70,43 @@ def test_mirrored_flips_each_image_left_to_right():
     assert np.array_equal(mirrored(mirrored(images)), images)
 
 
-def test_scores_average_the_photo_and_its_mirror_in_one_call():
+def test_central_crop_keeps_equal_margins_and_the_size():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(2, 20, 20, 3), dtype=np.uint8)
+    crop = central_crop(images, 0.8)  # 2 px off each side, 16 px resized back to 20
+    assert crop.shape == images.shape and crop.dtype == np.uint8
+    expected = cv2.resize(images[1, 2:18, 2:18], (20, 20), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(crop[1], expected)
+    assert np.array_equal(central_crop(images, 1.0), images)
+    assert np.array_equal(central_crop(mirrored(images), 0.8), mirrored(crop))
+    gray = images[:, :, :, :1]
+    assert central_crop(gray, 0.9).shape == gray.shape  # one channel stays a channel
+
+
+def test_tta_views_are_the_crops_then_their_mirrors():
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 20, 20, 3), dtype=np.uint8)
+    views = tta_views(images)
+    assert views.shape == (18, 20, 20, 3)
+    assert np.array_equal(views[:3], images)  # the photo itself first
+    assert np.array_equal(views[3:6], central_crop(images, 0.9))
+    assert np.array_equal(views[6:9], central_crop(images, 0.8))
+    assert np.array_equal(views[9:], mirrored(views[:9]))
+
+
+def test_scores_average_the_views_in_one_call():
     model = LeftHeavy()
-    images = np.zeros((3, 4, 4, 3), dtype=np.uint8)
-    images[:, :, :2] = np.array([10, 50, 200]).reshape(3, 1, 1, 1)  # the left half varies
-    images[:, :, 2:] = 30
+    images = np.zeros((3, 20, 20, 3), dtype=np.uint8)
+    images[:, :, :10] = np.array([10, 50, 200]).reshape(3, 1, 1, 1)  # the left half varies
+    images[:, :, 10:] = 30
+    images[:, 5:15, 3:10] = 120  # and differs from its central crops
     plain, none = model.scores(images)
     assert none is None and not np.allclose(plain, 0.5)
     averaged, alone = model.scores(images, tta=True)
-    assert model.calls == [3, 6]  # the photos and their mirrors went in together
+    assert model.calls == [3, 18]  # the photos and their five other views went in together
     assert np.allclose(alone, plain)
-    assert np.allclose(averaged, (plain + model.probabilities(mirrored(images))) / 2)
+    views = model.probabilities(tta_views(images)).reshape(6, 3, 2)
+    assert np.allclose(averaged, views.mean(axis=0))
+    assert not np.allclose(views[1], views[0])  # the crops are other views
     assert np.allclose(averaged, 0.5)  # this model is antisymmetric: its mean is even
 
 
@@ -99,7 +126,7 @@ class ThreeColumns(LeftHeavy):
 
 def test_tta_averages_probability_vectors_of_any_number_of_classes():
     model = ThreeColumns()
-    images = np.zeros((2, 3, 3, 1), dtype=np.uint8)
+    images = np.zeros((2, 3, 3, 1), dtype=np.uint8)  # too small to crop: photo and mirror
     images[0, :, 0] = 90  # bright on the left
     images[1, :, 2] = 60  # bright on the right
     averaged, plain = model.scores(images, tta=True)
@@ -133,16 +160,26 @@ def test_a_photo_and_its_mirror_get_the_same_tta_answer(runner, trained_model, t
     assert augmented[0]["label"] == augmented[1]["label"]
 
 
-def test_tta_is_the_mean_of_the_photo_and_of_its_mirrored_file(runner, trained_model, tmp_path):
-    pairs = [write_pair(tmp_path, seed) for seed in (4, 5, 6)]
-    originals = [str(original) for original, _ in pairs]
-    mirrors = [str(mirror) for _, mirror in pairs]
-    plain = predict_json(runner, trained_model, *originals, *mirrors)
-    augmented = predict_json(runner, trained_model, *originals, "--tta", "--batch-size", "2")
+def test_tta_is_the_mean_of_the_plain_answers_for_the_view_files(runner, trained_model,
+                                                                  tmp_path):
+    """Each view written as a lossless file of the model's size and predicted plainly: --tta's
+    answer for the photo is the mean of those six answers."""
+    originals = [write_pair(tmp_path, seed)[0] for seed in (4, 5, 6)]
+    view_files = []
+    for original in originals:
+        photo = cv2.imread(str(original))  # 24 px: the model's size, so not resized again
+        for number, view in enumerate(tta_views(photo[np.newaxis])):
+            view_files.append(tmp_path / f"{original.stem}_view{number}.png")
+            assert cv2.imwrite(str(view_files[-1]), view)
+    plain = predict_json(runner, trained_model, *map(str, view_files))
+    augmented = predict_json(runner, trained_model, *map(str, originals), "--tta",
+                             "--batch-size", "2")
+    assert len(plain) == 18 and len(augmented) == 3
     for index, row in enumerate(augmented):
+        views = plain[6 * index: 6 * index + 6]
+        assert len({view["probabilities"]["dogs"] for view in views}) > 2  # other views
         for name in ("cats", "dogs"):
-            mean = (plain[index]["probabilities"][name]
-                    + plain[index + 3]["probabilities"][name]) / 2
+            mean = np.mean([view["probabilities"][name] for view in views])
             assert row["probabilities"][name] == pytest.approx(mean, abs=2e-6)
 
 
@@ -196,9 +233,9 @@ def test_evaluate_reports_both_figures_from_one_decoding(runner, trained_model, 
 
     metrics = json.loads((out / "metrics.json").read_text())
     augmented = metrics["tta"]
-    assert augmented["augmentation"] == "mirror" and augmented["n"] == 10
+    assert augmented["augmentation"] == TTA_NAME and augmented["n"] == 10
     assert f"accuracy  {metrics['accuracy']:.4f}" in result.output
-    assert (f"accuracy with TTA (mirror)  {augmented['accuracy']:.4f}   "
+    assert (f"accuracy with TTA ({TTA_NAME})  {augmented['accuracy']:.4f}   "
             f"log loss {augmented['log_loss']:.4f}") in result.output
 
     with open(out / "predictions.csv", newline="") as handle:
