@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 NVIDIA_VERSION_FILE = Path("/proc/driver/nvidia/version")
+CPUINFO_FILE = Path("/proc/cpuinfo")
 GPU_INSTALL = 'pip install "catsdogs[gpu]"'
 
 
@@ -95,6 +96,22 @@ def describe_device() -> str:
     """``"GPU (NVIDIA H100)"`` or ``"CPU"``, for the training log and ``catsdogs info``."""
     names = devices()
     return f"GPU ({', '.join(names)})" if names else "CPU"
+
+
+def cpu_has_bfloat16(cpuinfo: Path | None = None) -> bool:
+    """Whether the CPU computes in bfloat16 natively (AVX512_BF16 or AMX), as Linux's
+    ``/proc/cpuinfo`` (``CPUINFO_FILE``) reports it; False where that file is missing
+    (macOS, Windows)."""
+    try:
+        text = (cpuinfo or CPUINFO_FILE).read_text(errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def nvidia_driver() -> str | None:

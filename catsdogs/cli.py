@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.config import DEFAULT_TIME_LIMIT, format_duration
+from catsdogs.config import DEFAULT_TIME_LIMIT, TrainConfig, format_duration
 from catsdogs.options import configs_from, setting_options
 from catsdogs.recipe import ignored_settings, recipe_text
 
@@ -329,7 +329,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     if model_config.backbone != "none" and train_config.fine_tune_epochs:
         progress.fine_tune_from = train_config.epochs + 1
     if resume:
-        progress.total_epochs = resume_banner(out)
+        progress.total_epochs, time_limit = resume_banner(out)
+        progress.requested, progress.time_limit = progress.total_epochs, time_limit
     from catsdogs.train import train as train_model  # loads Keras: after hide_gpus
 
     result = train_model(data, out, model_config, train_config, force=force, resume=resume,
@@ -339,7 +340,7 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
                          on_plan=progress.on_plan, started=started)
     progress.clear()
     report_training(result, data, out, train_config.patience,
-                    default_epochs=train_config.epochs if time_limit else 0)
+                    default_epochs=progress.requested if time_limit else 0)
 
 
 def default_length(ctx: click.Context, model_config: Any) -> bool:
@@ -444,16 +445,22 @@ def time_limit_line(requested: int, epochs: int, epoch_seconds: float) -> str:
             f"them; --epochs {requested} trains them all.")
 
 
-def resume_banner(out: Path) -> int:
-    """Say which run ``--resume`` continues; return its number of epochs."""
+def resume_banner(out: Path) -> tuple[int, bool]:
+    """Say which run ``--resume`` continues; return its number of epochs, and whether they
+    are the default length under its time limit (as far as the checkpoint tells: the
+    default epochs with a budget of ``DEFAULT_TIME_LIMIT``)."""
     from catsdogs.train import checkpoint_folder, read_checkpoint
 
     state = read_checkpoint(checkpoint_folder(out))
     click.echo(f"Resuming the interrupted run after epoch {state['epochs_done']} "
                f"(its options are used).")
     training = state["training"]
-    return planned_epochs(state["model"].get("backbone", "none"), int(training["epochs"]),
-                          int(training.get("fine_tune_epochs", 0)))
+    backbone = state["model"].get("backbone", "none")
+    epochs = planned_epochs(backbone, int(training["epochs"]),
+                            int(training.get("fine_tune_epochs", 0)))
+    time_limit = (backbone == "none" and epochs == TrainConfig().epochs
+                  and float(training.get("budget", 0)) == DEFAULT_TIME_LIMIT)
+    return epochs, time_limit
 
 
 def planned_epochs(backbone: str, epochs: int, fine_tune_epochs: int) -> int:

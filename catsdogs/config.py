@@ -24,7 +24,7 @@ HEADS = ("auto", "flatten", "gap")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
 DEVICES = ("auto", "cpu")
-PRECISIONS = ("auto", "mixed", "float32")
+PRECISIONS = ("auto", "mixed", "bfloat16", "float32")
 JIT_COMPILE = ("auto", "on", "off")
 # Pretrained backbones from Keras Applications (see catsdogs.backbone); "none": the conv blocks.
 BACKBONES = ("none", "mobilenet_v3_small", "efficientnet_b0")
@@ -434,8 +434,11 @@ class TrainConfig:
         max=10_000, commands=("train",))
     device: str = setting("auto", "auto: a GPU when there is one; cpu: the CPU even then.",
                           choices=DEVICES, commands=("train",))
-    precision: str = setting("auto", "auto: mixed float16 on a GPU, float32 on the CPU.",
-                             choices=PRECISIONS, commands=("train",))
+    precision: str = setting(
+        "auto", "Arithmetic of the training step (the weights and the saved model stay "
+        "float32). mixed: float16; bfloat16: bfloat16, fast only on a CPU that has it "
+        "(AVX512_BF16 or AMX). auto: mixed on a GPU, bfloat16 on such a CPU with TensorFlow, "
+        "float32 otherwise.", choices=PRECISIONS, commands=("train",))
     jit_compile: str = setting(
         "auto", "XLA compilation of the training step; auto: Keras decides (off on a CPU "
         "with TensorFlow).", choices=JIT_COMPILE, commands=("train",))

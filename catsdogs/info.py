@@ -18,14 +18,15 @@ def package_version(name: str) -> str | None:
 
 def collect() -> dict[str, object]:
     """Versions of catsdogs, Python, Keras and its backend, OpenCV, NumPy, onnxruntime and
-    matplotlib, and the devices the backend can use. Imports Keras (and so its backend).
+    matplotlib, the devices the backend can use, and whether the CPU computes bfloat16
+    natively (``train``'s arithmetic there). Imports Keras (and so its backend).
 
     ``gpu_warning`` is there only when an NVIDIA driver is but the backend finds no GPU: one
     line saying why, with the fix (see :func:`catsdogs.backend.gpu_hint`)."""
     import cv2
     import numpy as np
 
-    from catsdogs.backend import devices, gpu_warning
+    from catsdogs.backend import cpu_has_bfloat16, devices, gpu_warning
     from catsdogs.backend import keras as import_keras
 
     keras = import_keras()
@@ -53,6 +54,8 @@ def collect() -> dict[str, object]:
         "onnx_exporter": onnx_exporter(backend),
         "matplotlib": package_version("matplotlib"),
         "devices": found or ["CPU"],
+        # train computes in bfloat16 on such a CPU with TensorFlow (--precision auto)
+        "cpu_bfloat16": cpu_has_bfloat16(),
         "executable": sys.executable,
     }
     warning = gpu_warning()

@@ -65,6 +65,18 @@ def test_driver_version_is_read_from_proc(monkeypatch, tmp_path):
     assert backend.nvidia_driver() == "version unknown"
 
 
+def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    flags = "fpu vme avx2 avx512f avx512_vnni"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC avx512_bf16\nflags\t\t: {flags}\n"
+                       f"\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert not backend.cpu_has_bfloat16(cpuinfo)  # the name does not count, only the flags
+    for flag in ("avx512_bf16", "amx_bf16"):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags} {flag} avx512_fp16\n")
+        assert backend.cpu_has_bfloat16(cpuinfo)
+    assert not backend.cpu_has_bfloat16(tmp_path / "missing")  # macOS, Windows
+
+
 def fake_driver_without_gpu(monkeypatch):
     monkeypatch.setattr(backend, "nvidia_driver", lambda: "550.54.15")
     monkeypatch.setattr(backend, "devices", lambda: [])

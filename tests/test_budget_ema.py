@@ -102,8 +102,6 @@ def test_budget_stops_in_time_with_the_schedule_at_its_end(prepared, tmp_path):
     assert result.history[-1]["learning_rate"] < 0.01 * 0.05
 
 
-
-
 @pytest.mark.slow
 def test_budget_survives_an_interruption(prepared, tmp_path):
     out = tmp_path / "m"
@@ -143,6 +141,27 @@ def test_the_default_length_keeps_to_its_time_limit(runner, prepared, tmp_path, 
                          re.MULTILINE), result.output
     info = json.loads((out / "model.json").read_text())
     assert info["training"]["budget"] == 8 and info["training"]["epochs"] == 150
+
+
+@pytest.mark.slow
+def test_a_resumed_default_length_run_keeps_its_time_limit_wording(runner, prepared, tmp_path,
+                                                                   monkeypatch):
+    """A default-length run, interrupted and resumed, still speaks of the default length's
+    limit, not of a budget nobody gave."""
+    from catsdogs import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 8.0)
+    out = tmp_path / "m"
+    first = train(prepared, out, ModelConfig(**TINY), tiny_train(epochs=150, budget=8.0),
+                  callbacks=[InterruptAfter(2)])
+    assert first.interrupted
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
+                                 "--resume"])
+    assert_clean_exit(result, 0)
+    ran = len(pd.read_csv(out / "history.csv"))
+    assert 2 < ran < 150 and "budget" not in result.output
+    assert re.search(rf"^The 8s limit of the default length allowed {ran} of its 150 "
+                     r"epochs\.$", result.output, re.MULTILINE), result.output
 
 
 @pytest.mark.parametrize("length", [["--epochs", "2"], ["--config", "RECIPE"]])

@@ -8,7 +8,10 @@ from catsdogs import __version__
 from catsdogs.cli import cli
 
 
-def test_info_lists_versions_and_devices(runner):
+def test_info_lists_versions_and_devices(runner, monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    monkeypatch.setattr("catsdogs.backend.CPUINFO_FILE", cpuinfo)
     result = runner.invoke(cli, ["info", "--json"])
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)
@@ -16,5 +19,6 @@ def test_info_lists_versions_and_devices(runner):
     assert facts["backend"] in ("tensorflow", "jax", "torch", "numpy")
     assert facts["keras"].startswith("3.") and facts["onnxruntime"]
     assert facts["devices"]  # GPU names, or ["CPU"]
+    assert facts["cpu_bfloat16"] is True  # train's arithmetic there (with TensorFlow)
     lines = runner.invoke(cli, ["info"]).stdout
     assert "keras:" in lines and "devices:" in lines

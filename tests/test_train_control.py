@@ -93,7 +93,8 @@ def test_interrupted_run_saves_best_so_far_and_resume_continues(prepared, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("changes", [{"ema": 0.9}, {"augment": "crop"}])
+@pytest.mark.parametrize("changes", [{"ema": 0.9}, {"augment": "crop"},
+                                     {"precision": "bfloat16"}])
 def test_resumed_run_matches_an_uninterrupted_one(prepared, tmp_path, changes):
     """Weights, optimizer state (the weights' moving average included), schedule position,
     data order and the pipeline's augmentation all carry over: without dropout, the resumed
@@ -274,14 +275,48 @@ def test_sigkill_during_training_then_resume(runner, prepared, tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_precision_run_saves_a_float32_output(prepared, tmp_path):
-    """--precision mixed (the GPU default) also runs on the CPU; the saved model's
-    probabilities are float32."""
+@pytest.mark.parametrize("precision", ["mixed", "bfloat16"])
+def test_reduced_precision_run_saves_a_float32_model(prepared, tmp_path, precision):
+    """--precision mixed (the GPU default) and bfloat16 (the default on a CPU that has it)
+    run on any CPU; the saved model computes in float32, with the trained weights."""
     out = tmp_path / "m"
-    result = train(prepared, out, ModelConfig(**TINY), tiny_train(epochs=1, precision="mixed"))
-    assert result.precision == "mixed"
+    result = train(prepared, out, ModelConfig(**TINY),
+                   tiny_train(epochs=1, precision=precision))
+    assert result.precision == precision
     model = keras.saving.load_model(out / "model.keras")
-    assert model.get_layer("block1_conv").compute_dtype == "float16"
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     images = np.zeros((2, 24, 24, 3), dtype="float32")
     assert keras.ops.convert_to_numpy(model(images)).dtype == np.float32
-    assert json.loads((out / "model.json").read_text())["precision"] == "mixed"
+    info = json.loads((out / "model.json").read_text())
+    assert info["precision"] == precision and info["onnx"].get("file") == "model.onnx"
+
+
+@pytest.mark.slow
+def test_bfloat16_cpu_trains_in_bfloat16_by_default_and_says_so(runner, prepared, tmp_path,
+                                                                monkeypatch):
+    from tests.conftest import TINY_MODEL
+
+    monkeypatch.setattr("catsdogs.backend.cpu_has_bfloat16", lambda: True)
+    out = tmp_path / "model"
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
+                                 *TINY_MODEL, "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Training on CPU, in bfloat16.\n" in result.output
+    assert json.loads((out / "model.json").read_text())["precision"] == "bfloat16"
+
+
+@pytest.mark.parametrize(("has_bfloat16", "backend_name", "device", "expected"), [
+    (True, "tensorflow", "CPU", "bfloat16"),
+    (False, "tensorflow", "CPU", "float32"),
+    (True, "jax", "CPU", "float32"),  # oneDNN's bfloat16 kernels are TensorFlow's
+    (True, "tensorflow", "GPU (NVIDIA H100)", "mixed"),
+    (False, "tensorflow", "CPU (--device cpu)", "float32"),
+])
+def test_auto_precision_follows_the_device(monkeypatch, has_bfloat16, backend_name, device,
+                                           expected):
+    from catsdogs.train import resolve_precision
+
+    monkeypatch.setattr("catsdogs.backend.cpu_has_bfloat16", lambda: has_bfloat16)
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend_name)
+    assert resolve_precision(TrainConfig(), device) == expected
+    assert resolve_precision(TrainConfig(precision="float32"), device) == "float32"
