@@ -436,9 +436,10 @@ class TrainConfig:
                           choices=DEVICES, commands=("train",))
     precision: str = setting(
         "auto", "Arithmetic of the training step (the weights and the saved model stay "
-        "float32). mixed: float16; bfloat16: bfloat16, fast only on a CPU that has it "
-        "(AVX512_BF16 or AMX). auto: mixed on a GPU, bfloat16 on such a CPU with TensorFlow, "
-        "float32 otherwise.", choices=PRECISIONS, commands=("train",))
+        "float32). auto: mixed on a GPU, float32 on the CPU. mixed: float16. bfloat16: "
+        "faster only on a CPU that has it (catsdogs info: cpu_bfloat16), e.g. with --budget; "
+        "about 2 points lower at the default length in our runs.", choices=PRECISIONS,
+        commands=("train",))
     jit_compile: str = setting(
         "auto", "XLA compilation of the training step; auto: Keras decides (off on a CPU "
         "with TensorFlow).", choices=JIT_COMPILE, commands=("train",))

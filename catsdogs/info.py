@@ -19,7 +19,7 @@ def package_version(name: str) -> str | None:
 def collect() -> dict[str, object]:
     """Versions of catsdogs, Python, Keras and its backend, OpenCV, NumPy, onnxruntime and
     matplotlib, the devices the backend can use, and whether the CPU computes bfloat16
-    natively (``train``'s arithmetic there). Imports Keras (and so its backend).
+    natively (where ``train --precision bfloat16`` pays). Imports Keras (and so its backend).
 
     ``gpu_warning`` is there only when an NVIDIA driver is but the backend finds no GPU: one
     line saying why, with the fix (see :func:`catsdogs.backend.gpu_hint`)."""
@@ -54,7 +54,7 @@ def collect() -> dict[str, object]:
         "onnx_exporter": onnx_exporter(backend),
         "matplotlib": package_version("matplotlib"),
         "devices": found or ["CPU"],
-        # train computes in bfloat16 on such a CPU with TensorFlow (--precision auto)
+        # where train --precision bfloat16 is faster than float32 (with TensorFlow)
         "cpu_bfloat16": cpu_has_bfloat16(),
         "executable": sys.executable,
     }

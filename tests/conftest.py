@@ -28,16 +28,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def float32_on_every_cpu():
-    """The suite trains in float32 whatever the CPU: ``--precision auto`` would pick bfloat16
-    on one with native bfloat16 (AVX512_BF16, AMX), and the same tests would then run other
-    arithmetic on other machines. The tests of bfloat16 ask for it."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("catsdogs.backend.CPUINFO_FILE", Path("/nonexistent/cpuinfo"))
-        yield
-
-
 @pytest.fixture
 def runner() -> CliRunner:
     """A click runner that fails the test if any exception but ``SystemExit`` escapes."""
