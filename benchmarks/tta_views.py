@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+from score_at_size import test_rows  # noqa: E402  (this folder's script)
+
 from catsdogs.config import TrainConfig  # noqa: E402
 from catsdogs.predict import Predictor, central_crop, mirrored  # noqa: E402
 from catsdogs.train import split_rows  # noqa: E402
@@ -48,7 +50,7 @@ def rows_of(dataset, part: str, model_dir: Path) -> np.ndarray:
     if part == "all":
         return np.arange(len(manifest))
     if part == "test":
-        return np.flatnonzero(manifest["split"].astype(str).to_numpy() == "test")
+        return test_rows(dataset)
     training = json.loads((model_dir / "model.json").read_text())["training"]
     config = TrainConfig(seed=training["seed"], validation_split=training["validation_split"])
     return split_rows(dataset, config).validation

@@ -101,7 +101,7 @@ def central_crop(images: np.ndarray, share: float) -> np.ndarray:
     """The central ``share`` of each side of each image of a batch, resized back to the
     image's size (bilinear). The margins are equal on both sides, so the crop of a mirror
     image is the mirror of the crop."""
-    import cv2
+    import cv2  # here, not at the top: data_prep.images sets OpenCV's pixel limit first
 
     images = np.asarray(images)
     if share >= 1.0:

@@ -19,6 +19,6 @@ def test_info_lists_versions_and_devices(runner, monkeypatch, tmp_path):
     assert facts["backend"] in ("tensorflow", "jax", "torch", "numpy")
     assert facts["keras"].startswith("3.") and facts["onnxruntime"]
     assert facts["devices"]  # GPU names, or ["CPU"]
-    assert facts["cpu_bfloat16"] is True  # train's arithmetic there (with TensorFlow)
+    assert facts["cpu_bfloat16"] is True  # where train --precision bfloat16 pays
     lines = runner.invoke(cli, ["info"]).stdout
     assert "keras:" in lines and "devices:" in lines

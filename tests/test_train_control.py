@@ -277,8 +277,8 @@ def test_sigkill_during_training_then_resume(runner, prepared, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed", "bfloat16"])
 def test_reduced_precision_run_saves_a_float32_model(prepared, tmp_path, precision):
-    """--precision mixed (the GPU default) and bfloat16 (the default on a CPU that has it)
-    run on any CPU; the saved model computes in float32, with the trained weights."""
+    """--precision mixed (the GPU default) and bfloat16 (an option, fast on a CPU that has
+    it) run on any CPU; the saved model computes in float32, with the trained weights."""
     out = tmp_path / "m"
     result = train(prepared, out, ModelConfig(**TINY),
                    tiny_train(epochs=1, precision=precision))
