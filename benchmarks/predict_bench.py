@@ -9,10 +9,11 @@ four-block network), which also writes ``model.onnx``. Then, each in a fresh pro
 by wall clock, with peak memory from the kernel (``wait4``'s ``ru_maxrss``):
 
 1. cold single photo, repeated and interleaved, median: ``python -c "import keras"``,
-   ``catsdogs predict photo.jpg`` (ONNX), the same with ``--engine keras``, and a plain Keras
-   script (load model.keras, cv2 the photo, ``model.predict``);
-2. every photo in the folder (the 2,000 shared photos): the same three predictors,
-   repeated and interleaved, median;
+   ``catsdogs predict photo.jpg`` (ONNX, six test-time views by default), the same with
+   ``--no-tta`` (the photo alone) and with ``--engine keras``, and a plain Keras script (load
+   model.keras, cv2 the photo, ``model.predict`` of the photo alone);
+2. every photo in the folder (the 2,000 shared photos): the same predictors but ``import
+   keras``, repeated and interleaved, median;
 3. 1,000 and 10,000 photos (symbolic links to the shared ones) through ``catsdogs predict
    --csv`` and ``--json``: the peak memory should not grow with the number of photos.
 
@@ -119,6 +120,8 @@ def main() -> None:
             "python -c 'import keras'": [python, "-c", "import keras"],
             "catsdogs predict photo.jpg (ONNX)": [catsdogs, "predict", photo, "--model",
                                                   str(model)],
+            "catsdogs predict photo.jpg --no-tta (ONNX)": [
+                catsdogs, "predict", photo, "--model", str(model), "--no-tta"],
             "catsdogs predict photo.jpg --engine keras": [
                 catsdogs, "predict", photo, "--model", str(model), "--engine", "keras"],
             "plain Keras script, 1 photo": [python, str(script), str(model), str(size), photo],
@@ -139,6 +142,8 @@ def main() -> None:
         bulk = {
             "catsdogs predict 'DIR/**/*.jpg' --csv (ONNX)": [
                 catsdogs, "predict", pattern, "--csv", "--model", str(model)],
+            "catsdogs predict 'DIR/**/*.jpg' --csv --no-tta (ONNX)": [
+                catsdogs, "predict", pattern, "--csv", "--model", str(model), "--no-tta"],
             "catsdogs predict 'DIR/**/*.jpg' --csv --engine keras": [
                 catsdogs, "predict", pattern, "--csv", "--model", str(model), "--engine",
                 "keras"],

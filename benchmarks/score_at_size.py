@@ -35,16 +35,15 @@ import keras  # noqa: E402
 
 from catsdogs.config import ModelConfig  # noqa: E402
 from catsdogs.model import build_model  # noqa: E402
-from catsdogs.train import training_rows  # noqa: E402
 from data_prep.store import read_dataset  # noqa: E402
 
 
 def test_rows(dataset) -> np.ndarray:
     """The rows of a prepared dataset's test split (ValueError when it has none)."""
-    manifest = dataset.manifest
-    if "split" not in manifest.columns:
+    rows = dataset.test_rows()
+    if not len(rows):
         raise ValueError(f"{dataset.path} has no test split (prepare --test-fraction)")
-    return np.flatnonzero(manifest["split"].astype(str).to_numpy() == "test")
+    return rows
 
 
 def network_at(model_dir: Path, size: int) -> keras.Model:
@@ -57,7 +56,7 @@ def network_at(model_dir: Path, size: int) -> keras.Model:
 
 def recalibrate(network: keras.Model, folder: Path, passes: int = 2) -> None:
     dataset = read_dataset(folder)
-    rows = training_rows(dataset)
+    rows = dataset.training_rows()
     rng = np.random.default_rng(0)
     for _ in range(passes):
         order = rng.permutation(rows)

@@ -6,7 +6,7 @@ sets (the photo, central crops resized back, and mirrors) and print the accuracy
 and ``--validation-split``), ``test`` (the ``prepare --test-fraction`` split) or ``all``.
 Choose the views on ``validation``, then report them on ``test`` and on other photos: the
 held-out photos must not choose. Predictions go through :class:`catsdogs.predict.Predictor`
-(model.onnx, else model.keras), with the views of :func:`catsdogs.predict.central_crop`.
+(model.onnx, else model.keras), with the views of :func:`catsdogs.tta.central_crop`.
 
 Example (RESULTS.md, "Test-time augmentation with six views"):
 
@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from score_at_size import test_rows  # noqa: E402  (this folder's script)
 
 from catsdogs.config import TrainConfig  # noqa: E402
-from catsdogs.predict import Predictor, central_crop, mirrored  # noqa: E402
+from catsdogs.predict import Predictor  # noqa: E402
 from catsdogs.train import split_rows  # noqa: E402
+from catsdogs.tta import central_crop, mirrored  # noqa: E402
 from data_prep.store import read_dataset  # noqa: E402
 
 # name: (central crop shares, with mirrors)

@@ -18,6 +18,7 @@ from catsdogs import __version__
 from catsdogs.config import DEFAULT_TIME_LIMIT, TrainConfig, format_duration
 from catsdogs.options import configs_from, setting_options
 from catsdogs.recipe import ignored_settings, recipe_text
+from catsdogs.tta import TTA_DEFAULT
 
 DEFAULT_DATA = "prepared"
 DEFAULT_MODEL = "model"
@@ -530,7 +531,12 @@ ENGINE_HELP = ("onnx: model.onnx with onnxruntime (fast start, no TensorFlow); k
 
 TTA_HELP = ("Test-time augmentation: average the probabilities of six views of each photo: "
             "the photo, its central 90% and 80% (resized back), and their mirror images "
-            "(six times the model work).")
+            "(six times the model work). --no-tta: the photo alone.")
+
+
+def tta_option(help_text: str) -> Callable[[Callable], Callable]:
+    return click.option("--tta/--no-tta", default=TTA_DEFAULT, show_default=True,
+                        help=help_text)
 
 
 def model_option(function: Callable) -> Callable:
@@ -554,7 +560,7 @@ def model_option(function: Callable) -> Callable:
               help="Photos decoded and predicted together.")
 @click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
               show_default=True, help=ENGINE_HELP)
-@click.option("--tta", is_flag=True, help=TTA_HELP)
+@tta_option(TTA_HELP)
 def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool,
             threshold: float | None, top: int | None, batch_size: int, engine: str,
             tta: bool) -> None:
@@ -570,7 +576,7 @@ def predict(paths: tuple[str, ...], model_dir: Path, as_json: bool, as_csv: bool
         catsdogs predict photo.jpg
         catsdogs predict holiday/ 'more/*.png' --json > answers.json
         catsdogs predict holiday/ --csv --threshold 0.8 > answers.csv
-        catsdogs predict photo.jpg --tta
+        catsdogs predict photo.jpg --no-tta
     """
     from catsdogs.predict import Predictor
     from data_prep.discover import printable
@@ -659,24 +665,26 @@ def percent(value: float | None) -> str:
 @click.option("--engine", type=click.Choice(["auto", "onnx", "keras"]), default="auto",
               show_default=True, help=ENGINE_HELP)
 @click.option("--force", is_flag=True, help="Replace an evaluation already in --out.")
-@click.option("--tta", is_flag=True,
-              help="Also report the figures with test-time augmentation: six views of each "
-                   "photo averaged, as predict --tta does (all predicted in one pass).")
+@tta_option("Measure predict's answer with test-time augmentation (six views of each photo "
+            "averaged), and also report the photo alone's figures, from the same pass. "
+            "--no-tta: the photo alone only.")
 def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | None,
              batch_size: int, engine: str, force: bool, tta: bool) -> None:
     """Measure the model on labelled photos it has not trained on.
 
     DATA is a folder of labelled photos (any layout prepare accepts) or a prepared
     dataset, of which the test split is used (prepare --test-fraction). Default:
-    ./prepared. Prints accuracy, per-class precision, recall and F1, the confusion
-    matrix, ROC AUC and log loss, and writes them to --out with every prediction
-    and pictures of the confusion matrix and the worst mistakes.
+    ./prepared. Prints the accuracy of predict's answer (six views of each photo
+    averaged, unless --no-tta) and of the photo alone, per-class precision, recall
+    and F1, the confusion matrix, ROC AUC and log loss, and writes them to --out
+    with every prediction and pictures of the confusion matrix and the worst
+    mistakes.
 
     \b
     Example:
         catsdogs evaluate ~/held_out_photos
         catsdogs evaluate prepared --model model --out evaluation --force
-        catsdogs evaluate prepared --tta
+        catsdogs evaluate prepared --no-tta
     """
     from catsdogs.evaluate import evaluate as evaluate_model
 
@@ -692,7 +700,8 @@ def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | N
                    err=True)
     metrics = result.metrics
     classes = result.classes
-    click.echo(f"Evaluated {metrics['n']:,} photos from {data} ({result.engine})")
+    click.echo(f"Evaluated {metrics['n']:,} photos from {data} ({result.engine}; "
+               f"{metrics['views']})")
     click.echo(f"accuracy  {metrics['accuracy']:.4f}")
     if metrics.get("balanced_accuracy") is not None:
         click.echo(f"balanced accuracy {metrics['balanced_accuracy']:.4f} (the mean of the "
@@ -700,10 +709,10 @@ def evaluate(data: Path | None, model_dir: Path, out: Path, threshold: float | N
     auc = metrics["roc_auc"]
     click.echo(f"ROC AUC   {'n/a (one class present)' if auc is None else f'{auc:.4f}'}")
     click.echo(f"log loss  {metrics['log_loss']:.4f}")
-    if metrics.get("tta"):
-        augmented = metrics["tta"]
-        click.echo(f"accuracy with TTA ({augmented['augmentation']})  "
-                   f"{augmented['accuracy']:.4f}   log loss {augmented['log_loss']:.4f}")
+    if metrics.get("photo_alone"):
+        alone = metrics["photo_alone"]
+        click.echo(f"the photo alone (--no-tta): accuracy {alone['accuracy']:.4f}   "
+                   f"log loss {alone['log_loss']:.4f}")
     width = max(8, *(len(name) for name in classes))
     click.echo("")
     click.echo(f"{'class':<{width}}  precision  recall     f1  photos")
@@ -744,7 +753,8 @@ def visualize(image: Path, model_dir: Path, out: Path, force: bool) -> None:
     from data_prep.discover import printable
 
     result = draw(image, model_dir, out, force=force)
-    click.echo(f"{printable(image)}: {result.label} ({result.probability:.1%})")
+    # the maps are of the photo alone, so is this answer (predict --no-tta's)
+    click.echo(f"{printable(image)}: {result.label} ({result.probability:.1%}, the photo alone)")
     click.echo(f"Wrote {', '.join(result.files)} to {out}")
 
 

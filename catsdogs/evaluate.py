@@ -6,10 +6,12 @@ Photos are predicted by the same :class:`~catsdogs.predict.Predictor` and the sa
 :func:`~catsdogs.predict.decide` as ``catsdogs predict``, so the accuracy is exactly what
 ``predict`` gives on the same photos. The metrics are computed here with numpy.
 
-With ``tta=True`` every photo's test-time views (:func:`~catsdogs.predict.tta_views`: the
-photo, its central crops and their mirrors) are predicted in the same pass (each photo decoded
-once), and ``metrics.json`` holds both figures: the usual ones, of the photo alone, and under
-``tta`` those of the mean over the views (what ``predict --tta`` answers).
+The figures are those of ``predict``'s answer with the same views: by default (``tta=True``,
+:data:`catsdogs.tta.TTA_DEFAULT`) the mean over each photo's test-time views
+(:func:`~catsdogs.tta.tta_views`: the photo, its central crops and their mirrors). Then
+the photo alone is predicted in the same pass (it is the first view), and ``metrics.json``
+also holds its figures under ``photo_alone``; with ``tta=False`` the figures are the photo
+alone's and ``photo_alone`` is null.
 """
 
 from __future__ import annotations
@@ -26,11 +28,17 @@ from typing import Any
 import numpy as np
 
 from catsdogs import __version__
-from catsdogs.predict import TTA_NAME, Prediction, Predictor, decide
+from catsdogs.predict import Prediction, Predictor, decide
+from catsdogs.tta import TTA_DEFAULT, TTA_NAME
 from data_prep import safeio
 from data_prep.discover import printable
+from data_prep.store import TEST_SPLIT, TRAIN_SPLIT
 
-FORMAT = "catsdogs-evaluation/1"
+# /2: the figures are those of predict's answer (test-time views by default), the photo
+# alone's under "photo_alone". /1 had the photo alone's at the top and the views' under "tta".
+FORMAT = "catsdogs-evaluation/2"
+FORMATS_REPLACEABLE = ("catsdogs-evaluation/1", FORMAT)  # what --force may replace
+PHOTO_ALONE = "the photo alone"  # metrics.json's "views" without test-time augmentation
 MISTAKES_SHOWN = 16
 LOG_LOSS_EPSILON = 1e-15
 
@@ -185,7 +193,7 @@ def training_paths(model_info: dict[str, Any]) -> set[str] | None:
         with open(Path(dataset) / "manifest.csv", newline="", encoding="utf-8") as handle:
             return {
                 os.path.realpath(row["path"]) for row in csv.DictReader(handle)
-                if row.get("split", "train") != "test"
+                if row.get("split", TRAIN_SPLIT) != TEST_SPLIT
             }
     except (OSError, KeyError, csv.Error):
         return None
@@ -202,10 +210,8 @@ def read_source(data: Path, predictor: Predictor) -> Source:
         dataset = read_dataset(data)
         manifest = dataset.manifest
         warnings: list[str] = []
-        splits = manifest["split"].astype(str).to_numpy() if "split" in manifest else None
-        if splits is not None and (splits == "test").any():
-            rows = np.flatnonzero(splits == "test")
-        else:
+        rows = dataset.test_rows()
+        if not len(rows):
             rows = np.arange(len(manifest))
             warnings.append(
                 f"{data} has no test split: evaluating all {len(rows)} photos "
@@ -239,7 +245,7 @@ def read_source(data: Path, predictor: Predictor) -> Source:
 
 
 def predictions_for(source: Source, predictor: Predictor, batch_size: int,
-                    threshold: float | None, tta: bool = False) -> Iterator[Prediction]:
+                    threshold: float | None, tta: bool = TTA_DEFAULT) -> Iterator[Prediction]:
     if source.images is not None and source.rows is not None:
         for start in range(0, len(source.rows), batch_size):
             chosen = source.rows[start : start + batch_size]
@@ -272,7 +278,8 @@ def is_evaluation(folder: Path) -> bool:
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("format") == FORMAT
+        return (json.loads(marker.read_text(encoding="utf-8")).get("format")
+                in FORMATS_REPLACEABLE)
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -292,10 +299,11 @@ def evaluate(
     batch_size: int = 32,
     threshold: float | None = None,
     force: bool = False,
-    tta: bool = False,
+    tta: bool = TTA_DEFAULT,
 ) -> EvaluationResult:
-    """Predict every labelled photo in ``data`` and write the report folder ``out``; with
-    ``tta`` also the figures of test-time augmentation (the views of each photo averaged)."""
+    """Predict every labelled photo in ``data`` and write the report folder ``out``. With
+    ``tta`` the figures are those of the views of each photo averaged, and of the photo alone
+    under ``photo_alone``."""
     data_path, out_path = Path(data), Path(out)
     if not data_path.exists():
         raise FileNotFoundError(f"no data at {data_path}")
@@ -319,7 +327,9 @@ def evaluate(
             "model": str(Path(model_dir).resolve()),
             "engine": predictor.engine,
             "threshold": threshold,
-            "tta": tta_metrics(scored, predictor.classes, threshold) if tta else None,
+            "views": TTA_NAME if tta else PHOTO_ALONE,
+            "photo_alone": (photo_alone_metrics(scored, predictor.classes, threshold)
+                            if tta else None),
             "unreadable": len(scored.unreadable),
             "warnings": source.warnings,
             "catsdogs_version": __version__,
@@ -341,7 +351,7 @@ class Scored:
     scores: list[np.ndarray] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
-    tta_scores: list[np.ndarray] = field(default_factory=list)  # with tta only
+    alone_scores: list[np.ndarray] = field(default_factory=list)  # the photo alone, with tta
 
     @property
     def true_array(self) -> np.ndarray:
@@ -357,19 +367,17 @@ class Scored:
 
 
 def write_predictions(path: Path, source: Source, predictor: Predictor, batch_size: int,
-                      threshold: float | None, tta: bool = False) -> Scored:
-    """Predict every photo of ``source``, writing one row per readable photo to ``path``.
-
-    With ``tta`` the row also holds the answer with test-time augmentation
-    (``predicted_tta`` and ``p_tta_<class>``); the plain columns stay those of the photo alone.
-    """
+                      threshold: float | None, tta: bool = TTA_DEFAULT) -> Scored:
+    """Predict every photo of ``source``, writing one row per readable photo to ``path``:
+    ``predict``'s answer (``predicted``, ``p_<class>``) and, with ``tta``, that of the photo
+    alone (``predicted_photo_alone``, ``p_photo_alone_<class>``)."""
     classes = predictor.classes
     scored = Scored()
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         header = ["path", "true", "predicted", *[f"p_{name}" for name in classes]]
         if tta:
-            header += ["predicted_tta", *[f"p_tta_{name}" for name in classes]]
+            header += ["predicted_photo_alone", *[f"p_photo_alone_{name}" for name in classes]]
         writer.writerow(header)
         labels = iter(source.labels)
         for prediction in predictions_for(source, predictor, batch_size, threshold, tta):
@@ -377,31 +385,29 @@ def write_predictions(path: Path, source: Source, predictor: Predictor, batch_si
             if prediction.error is not None or prediction.scores is None:
                 scored.unreadable.append((prediction.path, prediction.error or "unreadable"))
                 continue
+            row = [printable(prediction.path), classes[label], prediction.label,
+                   *[f"{p:.6f}" for p in prediction.scores]]
             if prediction.plain_scores is not None:
-                plain = prediction.plain_scores
-                best = int(decide(plain[None, :], threshold)[0])
-                tta_columns = [prediction.label, *[f"{p:.6f}" for p in prediction.scores]]
-                scored.tta_scores.append(prediction.scores)
-            else:
-                plain, best = prediction.scores, classes.index(prediction.label)
-                tta_columns = []
-            writer.writerow([printable(prediction.path), classes[label], classes[best],
-                             *[f"{p:.6f}" for p in plain], *tta_columns])
+                alone = prediction.plain_scores
+                row += [classes[int(decide(alone[None, :], threshold)[0])],
+                        *[f"{p:.6f}" for p in alone]]
+                scored.alone_scores.append(alone)
+            writer.writerow(row)
             scored.true.append(label)
-            scored.predicted.append(best)  # by predict.decide
-            scored.scores.append(plain)
+            scored.predicted.append(classes.index(prediction.label))  # by predict.decide
+            scored.scores.append(prediction.scores)
             scored.paths.append(prediction.path)
     return scored
 
 
-def tta_metrics(scored: Scored, classes: list[str], threshold: float | None
-                ) -> dict[str, Any]:
-    """The metrics of the test-time augmented scores (``metrics.json``'s ``tta``), decided
-    by the same :func:`~catsdogs.predict.decide`."""
-    scores = np.stack(scored.tta_scores)
+def photo_alone_metrics(scored: Scored, classes: list[str], threshold: float | None
+                        ) -> dict[str, Any]:
+    """The metrics of the photo alone, without test-time views (``metrics.json``'s
+    ``photo_alone``), decided by the same :func:`~catsdogs.predict.decide`."""
+    scores = np.stack(scored.alone_scores)
     metrics = compute_metrics(scored.true_array, decide(scores, threshold), scores, classes)
     metrics.pop("classes", None)
-    return {"augmentation": TTA_NAME, **metrics}
+    return metrics
 
 
 def draw_plots(folder: Path, metrics: dict[str, Any], scored: Scored, source: Source,

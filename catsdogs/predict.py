@@ -8,11 +8,13 @@ Two engines give the same probabilities (to 1e-4, checked when the model is expo
 
 Photos are decoded by :func:`data_prep.images.load_image`, the code ``prepare`` uses.
 
-With ``tta=True`` (test-time augmentation) each photo's probabilities are the mean of those of
-six views of it (:func:`tta_views`): the photo, its central 90% and its central 80%, each
-resized back to the model's size, and the mirror images of the three, all predicted in one
-engine call; the views and the mean are made here with numpy and OpenCV, so both engines give
-the same answer.
+By default (``tta=True``, :data:`catsdogs.tta.TTA_DEFAULT`; test-time augmentation) each
+photo's probabilities are the mean of those of six views of it
+(:func:`catsdogs.tta.tta_views`): the photo, its central 90% and its central 80%, each resized
+back to the model's size, and the mirror images of the three. Each view of a batch is one
+engine call of the batch's size, so memory stays that of one view. The views and the mean are
+made with numpy and OpenCV outside the model, so both engines give the same answer.
+``tta=False`` predicts the photo alone.
 """
 
 from __future__ import annotations
@@ -29,15 +31,11 @@ from typing import Any
 import numpy as np
 
 from catsdogs.model_folder import ModelInfo, read_model_info
+from catsdogs.tta import TTA_DEFAULT, tta_views
 from data_prep.discover import is_clutter
 from data_prep.images import ImageError, load_image
 
 ENGINES = ("auto", "onnx", "keras")
-# Test-time augmentation: the central crops (share of each side) whose views are averaged,
-# each with its mirror. 0.8 is the default --train-scale: the animal then looks as large as
-# in the training crops. Measured in benchmarks/RESULTS.md against the mirror alone.
-TTA_CROPS = (1.0, 0.9, 0.8)
-TTA_NAME = "6 views: central 100/90/80% and mirrors"  # evaluate's name for them
 GLOB_CHARACTERS = frozenset("*?[")
 DECODE_THREADS = min(4, os.cpu_count() or 1)
 
@@ -90,35 +88,6 @@ def decide(scores: np.ndarray, threshold: float | None = None) -> np.ndarray:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
         return (scores[:, 1] > threshold).astype(int)
     return np.argmax(scores, axis=1)
-
-
-def mirrored(images: np.ndarray) -> np.ndarray:
-    """The horizontal mirror of each image of a batch (n, height, width, channels)."""
-    return np.asarray(images)[:, :, ::-1, :]
-
-
-def central_crop(images: np.ndarray, share: float) -> np.ndarray:
-    """The central ``share`` of each side of each image of a batch, resized back to the
-    image's size (bilinear). The margins are equal on both sides, so the crop of a mirror
-    image is the mirror of the crop."""
-    import cv2  # here, not at the top: data_prep.images sets OpenCV's pixel limit first
-
-    images = np.asarray(images)
-    if share >= 1.0:
-        return images
-    height, width = images.shape[1:3]
-    top, left = round(height * (1 - share) / 2), round(width * (1 - share) / 2)
-    return np.stack([
-        cv2.resize(image[top:height - top, left:width - left], (width, height),
-                   interpolation=cv2.INTER_LINEAR).reshape(image.shape)
-        for image in images])
-
-
-def tta_views(images: np.ndarray) -> np.ndarray:
-    """The views test-time augmentation averages, one block of ``len(images)`` per view:
-    each crop of ``TTA_CROPS`` (the photo itself first), then the mirror of each."""
-    crops = [central_crop(images, share) for share in TTA_CROPS]
-    return np.concatenate([*crops, *(mirrored(crop) for crop in crops)])
 
 
 def expand_paths(
@@ -216,15 +185,15 @@ class Predictor:
             return np.stack([1.0 - positive, positive], axis=1)
         return raw.reshape(len(batch), len(self.classes))
 
-    def scores(self, images: np.ndarray, tta: bool = False
+    def scores(self, images: np.ndarray, tta: bool = TTA_DEFAULT
                ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(scores, plain)`` for a uint8 batch. Without ``tta``: the probabilities and None.
-        With it: the mean of the probabilities of the images' :func:`tta_views` (one engine
-        call on all of them), and the probabilities of the images alone (the first view)."""
+        With it: the mean of the probabilities of the images' test-time views
+        (:func:`~catsdogs.tta.tta_views`, one engine call a view), and the probabilities of
+        the images alone (the first view)."""
         if not tta:
             return self.probabilities(images), None
-        views = self.probabilities(tta_views(images)).reshape(-1, len(images),
-                                                             len(self.classes))
+        views = np.stack([self.probabilities(view) for view in tta_views(images)])
         return views.mean(axis=0), views[0]
 
     def predict_paths(
@@ -234,14 +203,15 @@ class Predictor:
         threshold: float | None = None,
         top: int = 0,
         expand: bool = True,
-        tta: bool = False,
+        tta: bool = TTA_DEFAULT,
     ) -> Iterator[Prediction]:
         """Predict each photo, in input order, decoding ``batch_size`` photos at a time.
 
         A generator all the way down: at most two batches of pixels are held, whatever the
         number of photos, and the first answers come before the last photo is listed.
         With ``expand=False`` every path is one photo (no folders, no patterns): exactly one
-        prediction per path. With ``tta`` the :func:`tta_views` of each photo are averaged.
+        prediction per path. With ``tta`` (the default) the test-time views of each photo
+        (:func:`~catsdogs.tta.tta_views`) are averaged.
         """
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -273,7 +243,7 @@ class Predictor:
 
     def predict_images(
         self, images: np.ndarray, names: list[str], threshold: float | None = None,
-        top: int = 0, tta: bool = False,
+        top: int = 0, tta: bool = TTA_DEFAULT,
     ) -> list[Prediction]:
         """Predictions for already decoded images (a batch of a prepared dataset)."""
         return list(self._flush(list(zip(
@@ -284,7 +254,7 @@ class Predictor:
         pending: list[tuple[Prediction, np.ndarray | None]],
         threshold: float | None,
         top: int,
-        tta: bool = False,
+        tta: bool = TTA_DEFAULT,
     ) -> Iterator[Prediction]:
         good = [pixels for _, pixels in pending if pixels is not None]
         if good:

@@ -10,7 +10,8 @@ and no further (413).
 * ``GET /``: the page (``serve_page.html``): pick or drop photos, see each one's class,
   probability and occlusion heat map.
 * ``POST /predict``: multipart fields named ``file``, or one ``image/*`` body. Answers the rows
-  of ``predict --json``; query parameters ``threshold``, ``top``, ``heatmap`` and ``tta``.
+  of ``predict --json``; query parameters ``threshold``, ``top``, ``heatmap`` and ``tta``
+  (on by default, as in ``predict``: ``tta=0`` predicts the photo alone).
 * ``GET /health``: the model folder, classes and engine. ``GET /metrics``: Prometheus text.
 
 Photos are decoded by :func:`data_prep.images.photo_from_bytes` (the code ``prepare`` and
@@ -42,6 +43,7 @@ import numpy as np
 
 from catsdogs import __version__
 from catsdogs.predict import Prediction, Predictor
+from catsdogs.tta import TTA_DEFAULT
 from data_prep.images import ImageError, photo_from_bytes
 
 MEGABYTE = 1 << 20
@@ -111,7 +113,7 @@ class Options:
     threshold: float | None = None
     top: int = 0
     heatmap: bool = False
-    tta: bool = False
+    tta: bool = TTA_DEFAULT
 
 
 def parse_options(query: Mapping[str, str], classes: list[str]) -> Options:
@@ -138,12 +140,12 @@ def parse_options(query: Mapping[str, str], classes: list[str]) -> Options:
         if not text.isdigit() or not 1 <= int(text) <= 1000:
             raise RequestError(400, f"top must be a whole number from 1 to 1000, got {text!r}")
         top = min(int(text), len(classes))
-    return Options(threshold, top, switch(query, "heatmap"), switch(query, "tta"))
+    return Options(threshold, top, switch(query, "heatmap"), switch(query, "tta", TTA_DEFAULT))
 
 
-def switch(query: Mapping[str, str], name: str) -> bool:
-    """A 0/1 (or false/true) query parameter, off when absent."""
-    value = query.get(name, "0").lower()
+def switch(query: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A 0/1 (or false/true) query parameter, ``default`` when absent."""
+    value = query.get(name, "1" if default else "0").lower()
     if value not in ("0", "1", "false", "true"):
         raise RequestError(400, f"{name} must be 0 or 1, got {query[name]!r}")
     return value in ("1", "true")

@@ -207,19 +207,11 @@ def average_momentum(config: TrainConfig, steps_per_epoch: int) -> float:
     return min(config.ema, max(0.5, 1 - 10 / total))
 
 
-def training_rows(dataset: PreparedDataset) -> np.ndarray:
-    """Rows of the manifest that training may see: all but a prepared test split."""
-    manifest = dataset.manifest
-    if "split" in manifest.columns:
-        return np.flatnonzero(manifest["split"].astype(str).to_numpy() != "test")
-    return np.arange(len(manifest))
-
-
 def split_rows(dataset: PreparedDataset, config: TrainConfig) -> Split:
     """The stratified, seeded training/validation split of the rows training may see."""
     from catsdogs.data import stratified_split
 
-    rows = training_rows(dataset)
+    rows = dataset.training_rows()
     labels = dataset.manifest["label"].to_numpy()[rows]
     train_local, val_local = stratified_split(labels, config.validation_split, config.seed)
     return Split(rows[train_local], rows[val_local])

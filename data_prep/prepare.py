@@ -328,13 +328,13 @@ def plan_duplicates(files: list[tuple[Path, str]], digests: list[bytes | None]
 
 def split_column(labels: np.ndarray, test_fraction: float, seed: int) -> list[str]:
     """A stratified, seeded 'train'/'test' marking of ``labels``."""
-    split = np.array(["train"] * len(labels), dtype=object)
+    split = np.array([store.TRAIN_SPLIT] * len(labels), dtype=object)
     if test_fraction > 0:
         rng = np.random.default_rng(seed)
         for label in np.unique(labels):
             members = np.flatnonzero(labels == label)
             count = int(round(len(members) * test_fraction))
-            split[rng.permutation(members)[:count]] = "test"
+            split[rng.permutation(members)[:count]] = store.TEST_SPLIT
     return list(split)
 
 
@@ -583,7 +583,7 @@ def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip]
     counts = dict.fromkeys(classes, 0)
     for _, name, _, _ in rows:
         counts[name] += 1
-    result = PrepareResult(tmp, classes, counts, skipped, test_count=split.count("test"))
+    result = PrepareResult(tmp, classes, counts, skipped, test_count=split.count(store.TEST_SPLIT))
     info = {
         "format": store.FORMAT,
         "image_size": size,

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 FORMAT = "catsdogs-dataset/1"
 MANIFEST_COLUMNS = ["index", "path", "label", "class_name", "width", "height", "split"]
+# manifest.csv's split of a photo: set aside for evaluate (prepare --test-fraction), or not.
+TEST_SPLIT, TRAIN_SPLIT = "test", "train"
 SKIPPED_COLUMNS = ["path", "reason", "detail"]
 
 
@@ -59,6 +61,20 @@ class PreparedDataset:
     def channels(self) -> int:
         """3 for RGB images, 1 for gray ones (datasets from before gray say nothing: 3)."""
         return int(self.info.get("channels", 3))
+
+    def test_rows(self) -> np.ndarray:
+        """The manifest rows set aside for ``evaluate`` (``prepare --test-fraction``): never
+        trained on. Empty when the dataset has no test split."""
+        return np.flatnonzero(self._in_test_split())
+
+    def training_rows(self) -> np.ndarray:
+        """The manifest rows training may see: all but the test split's."""
+        return np.flatnonzero(~self._in_test_split())
+
+    def _in_test_split(self) -> np.ndarray:
+        if "split" not in self.manifest.columns:
+            return np.zeros(len(self.manifest), dtype=bool)
+        return self.manifest["split"].astype(str).to_numpy() == TEST_SPLIT
 
     def skipped_rows(self) -> list[tuple[str, str, str]]:
         """(path, reason, detail) for every skipped file (detail is "" in older datasets)."""

@@ -92,7 +92,9 @@ def test_evaluate_equals_predict_on_unseen_photos(runner, trained_model, labelle
 
     with open(out / "predictions.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
-    assert list(table[0]) == ["path", "true", "predicted", "p_cats", "p_dogs"]
+    assert list(table[0]) == ["path", "true", "predicted", "p_cats", "p_dogs",
+                              "predicted_photo_alone", "p_photo_alone_cats",
+                              "p_photo_alone_dogs"]
     assert len(table) == 12
     by_path = {row["path"]: row for row in rows}
     for row in table:

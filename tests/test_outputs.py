@@ -113,7 +113,7 @@ def test_a_run_killed_after_swapping_in_its_output_leaves_that_output(
     assert run_cli(*command).returncode == 0
     killed = run_cli(*command, CATSDOGS_FAILPOINT=failpoints.PUBLISH_SWAPPED)
     assert killed.returncode == -9
-    assert json.loads((out / "metrics.json").read_text())["format"] == "catsdogs-evaluation/1"
+    assert json.loads((out / "metrics.json").read_text())["format"] == "catsdogs-evaluation/2"
     done = run_cli(*command)
     assert done.returncode == 0, done.stderr
     assert hidden_siblings(tmp_path) == []

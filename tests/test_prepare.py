@@ -147,6 +147,21 @@ def test_test_fraction_is_stratified_and_seeded(tiny_dataset, tmp_path):
                                                                                "dogs": 3}
 
 
+def test_dataset_rows_split_into_test_and_training(tiny_dataset, tmp_path):
+    prepare(tiny_dataset, tmp_path / "split", size=16, test_fraction=0.25)
+    dataset = read_dataset(tmp_path / "split")
+    test, training = dataset.test_rows(), dataset.training_rows()
+    assert test.tolist() == np.flatnonzero(dataset.manifest["split"] == "test").tolist()
+    assert len(test) == 6 and len(training) == len(dataset.manifest) - 6
+    assert sorted([*test, *training]) == list(range(len(dataset.manifest)))
+    prepare(tiny_dataset, tmp_path / "whole", size=16)  # no test split: all rows train
+    whole = read_dataset(tmp_path / "whole")
+    assert len(whole.test_rows()) == 0
+    assert whole.training_rows().tolist() == list(range(len(whole.manifest)))
+    whole.manifest = whole.manifest.drop(columns="split")  # as a dataset without the column
+    assert len(whole.test_rows()) == 0 and len(whole.training_rows()) == len(whole.manifest)
+
+
 @pytest.mark.parametrize("policy", ["stretch", "crop", "pad"])
 def test_resize_policies_give_square_rgb(tmp_path, policy):
     wide = np.zeros((20, 60, 3), np.uint8)

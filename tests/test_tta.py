@@ -1,5 +1,6 @@
-"""Test-time augmentation (--tta): six views of each photo (the photo, its central 90% and 80%
-resized back, and the mirror images of the three), averaged."""
+"""Test-time augmentation (--tta, the default of predict, evaluate and serve; --no-tta
+predicts the photo alone): six views of each photo (the photo, its central 90% and 80% resized
+back, and the mirror images of the three), averaged."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 
 import catsdogs.predict as predict_module
 from catsdogs.cli import cli
-from catsdogs.predict import TTA_NAME, Predictor, central_crop, mirrored, tta_views
+from catsdogs.evaluate import PHOTO_ALONE
+from catsdogs.predict import Predictor
 from catsdogs.serve import PhotoService, RequestError, parse_options
+from catsdogs.tta import TTA_DEFAULT, TTA_NAME, central_crop, mirrored, tta_views
 from tests.helpers import assert_clean_exit, make_photo, write_photos
 
 TOLERANCE = 1e-6
@@ -86,25 +89,31 @@ def test_central_crop_keeps_equal_margins_and_the_size():
 def test_tta_views_are_the_crops_then_their_mirrors():
     images = np.random.default_rng(1).integers(0, 256, size=(3, 20, 20, 3), dtype=np.uint8)
     views = tta_views(images)
-    assert views.shape == (18, 20, 20, 3)
-    assert np.array_equal(views[:3], images)  # the photo itself first
-    assert np.array_equal(views[3:6], central_crop(images, 0.9))
-    assert np.array_equal(views[6:9], central_crop(images, 0.8))
-    assert np.array_equal(views[9:], mirrored(views[:9]))
+    assert [view.shape for view in views] == [(3, 20, 20, 3)] * 6
+    assert np.array_equal(views[0], images)  # the photo itself first
+    assert np.array_equal(views[1], central_crop(images, 0.9))
+    assert np.array_equal(views[2], central_crop(images, 0.8))
+    for crop, mirror in zip(views[:3], views[3:], strict=True):
+        assert np.array_equal(mirror, mirrored(crop))
 
 
-def test_scores_average_the_views_in_one_call():
+def test_tta_is_on_by_default():
+    assert TTA_DEFAULT is True
+
+
+def test_scores_average_the_views_one_call_each():
     model = LeftHeavy()
     images = np.zeros((3, 20, 20, 3), dtype=np.uint8)
     images[:, :, :10] = np.array([10, 50, 200]).reshape(3, 1, 1, 1)  # the left half varies
     images[:, :, 10:] = 30
     images[:, 5:15, 3:10] = 120  # and differs from its central crops
-    plain, none = model.scores(images)
+    plain, none = model.scores(images, tta=False)
     assert none is None and not np.allclose(plain, 0.5)
-    averaged, alone = model.scores(images, tta=True)
-    assert model.calls == [3, 18]  # the photos and their five other views went in together
+    averaged, alone = model.scores(images)  # test-time views by default
+    # one engine call a view, each of the batch's size: the memory of one view, not six
+    assert model.calls == [3] * 7
     assert np.allclose(alone, plain)
-    views = model.probabilities(tta_views(images)).reshape(6, 3, 2)
+    views = np.stack([model.probabilities(view) for view in tta_views(images)])
     assert np.allclose(averaged, views.mean(axis=0))
     assert not np.allclose(views[1], views[0])  # the crops are other views
     assert np.allclose(averaged, 0.5)  # this model is antisymmetric: its mean is even
@@ -143,15 +152,18 @@ def test_tta_averages_probability_vectors_of_any_number_of_classes():
 
 def test_serve_reads_the_tta_query_parameter():
     assert parse_options({"tta": "1"}, ["cats", "dogs"]).tta is True
-    assert parse_options({}, ["cats", "dogs"]).tta is False
+    assert parse_options({}, ["cats", "dogs"]).tta is True  # on unless tta=0, as in predict
+    assert parse_options({"tta": "0"}, ["cats", "dogs"]).tta is False
+    assert parse_options({"tta": "false"}, ["cats", "dogs"]).tta is False
     with pytest.raises(RequestError, match="tta must be 0 or 1, got 'yes'"):
         parse_options({"tta": "yes"}, ["cats", "dogs"])
 
 
 def test_a_photo_and_its_mirror_get_the_same_tta_answer(runner, trained_model, tmp_path):
     original, mirror = write_pair(tmp_path, seed=3)
-    plain = predict_json(runner, trained_model, str(original), str(mirror))
-    augmented = predict_json(runner, trained_model, str(original), str(mirror), "--tta")
+    plain = predict_json(runner, trained_model, str(original), str(mirror), "--no-tta")
+    augmented = predict_json(runner, trained_model, str(original), str(mirror))
+    assert predict_json(runner, trained_model, str(original), str(mirror), "--tta") == augmented
     # the model itself is not symmetric, so only the average makes the two agree
     assert abs(plain[0]["probabilities"]["dogs"] - plain[1]["probabilities"]["dogs"]) > 1e-3
     for name in ("cats", "dogs"):
@@ -170,10 +182,9 @@ def test_tta_is_the_mean_of_the_plain_answers_for_the_view_files(runner, trained
         photo = cv2.imread(str(original))  # 24 px: the model's size, so not resized again
         for number, view in enumerate(tta_views(photo[np.newaxis])):
             view_files.append(tmp_path / f"{original.stem}_view{number}.png")
-            assert cv2.imwrite(str(view_files[-1]), view)
-    plain = predict_json(runner, trained_model, *map(str, view_files))
-    augmented = predict_json(runner, trained_model, *map(str, originals), "--tta",
-                             "--batch-size", "2")
+            assert cv2.imwrite(str(view_files[-1]), view[0])
+    plain = predict_json(runner, trained_model, *map(str, view_files), "--no-tta")
+    augmented = predict_json(runner, trained_model, *map(str, originals), "--batch-size", "2")
     assert len(plain) == 18 and len(augmented) == 3
     for index, row in enumerate(augmented):
         views = plain[6 * index: 6 * index + 6]
@@ -187,8 +198,8 @@ def test_onnx_and_keras_agree_with_tta(trained_model, tmp_path, unseen_photos):
     photos = [*unseen_photos["cats"], *unseen_photos["dogs"], write_pair(tmp_path, 7)[0]]
     fast = Predictor(trained_model, engine="onnx")
     slow = Predictor(trained_model, engine="keras")
-    onnx_rows = list(fast.predict_paths(photos, tta=True))
-    keras_rows = list(slow.predict_paths(photos, tta=True))
+    onnx_rows = list(fast.predict_paths(photos))  # test-time views by default
+    keras_rows = list(slow.predict_paths(photos))
     assert [row.label for row in onnx_rows] == [row.label for row in keras_rows]
     for a, b in zip(onnx_rows, keras_rows, strict=True):
         assert np.max(np.abs(a.scores - b.scores)) <= 1e-5
@@ -198,9 +209,9 @@ def test_onnx_and_keras_agree_with_tta(trained_model, tmp_path, unseen_photos):
 def test_tta_with_csv_and_json(runner, trained_model, tmp_path):
     original, _ = write_pair(tmp_path, seed=8)
     missing = tmp_path / "missing.png"
-    rows = predict_json(runner, trained_model, str(original), "--tta")
+    rows = predict_json(runner, trained_model, str(original))
     result = runner.invoke(cli, ["predict", str(original), str(missing), "--model",
-                                 str(trained_model), "--tta", "--csv"])
+                                 str(trained_model), "--csv"])
     assert_clean_exit(result, 1)
     lines = [line for line in result.output.splitlines() if not line.startswith("error:")]
     table = list(csv.DictReader(lines))
@@ -210,8 +221,8 @@ def test_tta_with_csv_and_json(runner, trained_model, tmp_path):
     assert table[1]["error"] == "no such file"
 
 
-def test_evaluate_reports_both_figures_from_one_decoding(runner, trained_model, tmp_path,
-                                                         monkeypatch):
+def test_evaluate_measures_predicts_answer_and_the_photo_alone_from_one_decoding(
+        runner, trained_model, tmp_path, monkeypatch):
     data, out = tmp_path / "labelled", tmp_path / "evaluation"
     write_photos(data / "cats", "cat", 4, seed=21)
     write_photos(data / "dogs", "dog", 4, seed=22)
@@ -227,37 +238,48 @@ def test_evaluate_reports_both_figures_from_one_decoding(runner, trained_model, 
 
     monkeypatch.setattr(predict_module, "load_image", counting_load)
     result = runner.invoke(cli, ["evaluate", str(data), "--model", str(trained_model),
-                                 "--out", str(out), "--tta"])
+                                 "--out", str(out)])
     assert_clean_exit(result, 0)
     assert len(decoded) == len(set(decoded)) == 10  # each photo decoded once
 
     metrics = json.loads((out / "metrics.json").read_text())
-    augmented = metrics["tta"]
-    assert augmented["augmentation"] == TTA_NAME and augmented["n"] == 10
+    alone = metrics["photo_alone"]
+    assert metrics["views"] == TTA_NAME and alone["n"] == metrics["n"] == 10
+    assert f"Evaluated 10 photos from {data} (onnx; {TTA_NAME})" in result.output
     assert f"accuracy  {metrics['accuracy']:.4f}" in result.output
-    assert (f"accuracy with TTA ({TTA_NAME})  {augmented['accuracy']:.4f}   "
-            f"log loss {augmented['log_loss']:.4f}") in result.output
+    assert (f"the photo alone (--no-tta): accuracy {alone['accuracy']:.4f}   "
+            f"log loss {alone['log_loss']:.4f}") in result.output
+    assert metrics["log_loss"] != pytest.approx(alone["log_loss"], abs=1e-6)  # other scores
 
     with open(out / "predictions.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
-    assert augmented["accuracy"] == pytest.approx(
-        np.mean([row["predicted_tta"] == row["true"] for row in table]))
     assert metrics["accuracy"] == pytest.approx(
         np.mean([row["predicted"] == row["true"] for row in table]))
-    # the plain figures are those of an evaluation without --tta; the TTA ones, predict --tta's
+    assert alone["accuracy"] == pytest.approx(
+        np.mean([row["predicted_photo_alone"] == row["true"] for row in table]))
+    # the main columns are predict's answer; the photo alone's, predict --no-tta's
+    answers = {row["path"]: row for row in predict_json(runner, trained_model, str(data))}
+    singles = {row["path"]: row
+               for row in predict_json(runner, trained_model, str(data), "--no-tta")}
+    for row in table:
+        assert row["predicted"] == answers[row["path"]]["label"]
+        assert float(row["p_dogs"]) == pytest.approx(
+            answers[row["path"]]["probabilities"]["dogs"], abs=2e-6)
+        assert row["predicted_photo_alone"] == singles[row["path"]]["label"]
+        assert float(row["p_photo_alone_dogs"]) == pytest.approx(
+            singles[row["path"]]["probabilities"]["dogs"], abs=2e-6)
+    # --no-tta: the photo alone's figures at the top, no second set
     plain_out = tmp_path / "plain"
     result = runner.invoke(cli, ["evaluate", str(data), "--model", str(trained_model),
-                                 "--out", str(plain_out)])
+                                 "--out", str(plain_out), "--no-tta"])
     assert_clean_exit(result, 0)
     plain = json.loads((plain_out / "metrics.json").read_text())
-    assert plain["tta"] is None and "with TTA" not in result.output
-    assert plain["accuracy"] == metrics["accuracy"]
-    assert plain["log_loss"] == pytest.approx(metrics["log_loss"], abs=1e-6)
-    rows = {row["path"]: row for row in predict_json(runner, trained_model, str(data), "--tta")}
-    for row in table:
-        assert row["predicted_tta"] == rows[row["path"]]["label"]
-        assert float(row["p_tta_dogs"]) == pytest.approx(
-            rows[row["path"]]["probabilities"]["dogs"], abs=2e-6)
+    assert plain["photo_alone"] is None and "the photo alone (--no-tta)" not in result.output
+    assert plain["views"] == PHOTO_ALONE and f"(onnx; {PHOTO_ALONE})" in result.output
+    assert plain["accuracy"] == alone["accuracy"]
+    assert plain["log_loss"] == pytest.approx(alone["log_loss"], abs=1e-6)
+    with open(plain_out / "predictions.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == ["path", "true", "predicted", "p_cats", "p_dogs"]
 
 
 def test_serve_answers_with_tta_as_predict_does(trained_model, tmp_path):
@@ -265,10 +287,14 @@ def test_serve_answers_with_tta_as_predict_does(trained_model, tmp_path):
     predictor = Predictor(trained_model)
     service = PhotoService(predictor)
     uploads = [(path.name, path.read_bytes()) for path in (original, mirror)]
-    rows, problems = service.answer(uploads, parse_options({"tta": "1"}, predictor.classes))
+    rows, problems = service.answer(uploads, parse_options({}, predictor.classes))
     expected = list(predictor.predict_paths([original, mirror], tta=True))
     assert problems == []
     for row, prediction in zip(rows, expected, strict=True):
         assert row["probabilities"] == prediction.probabilities
+    singles, _ = service.answer(uploads, parse_options({"tta": "0"}, predictor.classes))
+    alone = list(predictor.predict_paths([original, mirror], tta=False))
+    assert [row["probabilities"] for row in singles] == [p.probabilities for p in alone]
+    assert singles[0]["probabilities"] != rows[0]["probabilities"]
     assert rows[0]["probabilities"]["dogs"] == pytest.approx(
         rows[1]["probabilities"]["dogs"], abs=TOLERANCE)

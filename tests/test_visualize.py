@@ -17,7 +17,11 @@ def test_visualize_writes_the_pngs(runner, trained_model, unseen_photos, tmp_pat
     result = runner.invoke(cli, ["visualize", str(photo), "--model", str(trained_model),
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert f"{photo}: dogs (" in result.stdout
+    alone = runner.invoke(cli, ["predict", str(photo), "--model", str(trained_model),
+                                "--no-tta", "--json", "--engine", "keras"])
+    probability = json.loads(alone.stdout)[0]["probability"]
+    # the maps are of the photo alone, and so is the answer printed beside them
+    assert f"{photo}: dogs ({probability:.1%}, the photo alone)\n" in result.stdout
     names = sorted(p.name for p in out.iterdir())
     assert names == ["features_1_block1_conv.png", "filters.png", "heatmap.png",
                      "visualization.json"]
