@@ -83,6 +83,6 @@ def hold_lock(out: Path) -> subprocess.Popen:
     )
     if holder.stdout.readline().strip() != "locked":
         holder.kill()
-        holder.wait()
+        holder.communicate()  # and closes its pipe
         raise AssertionError(f"the lock holder of {out} did not get the lock")
     return holder

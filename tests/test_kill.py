@@ -84,7 +84,8 @@ def test_prepare_killed_at_random_moments_leaves_the_old_or_the_new_dataset(tmp_
     child = start_cli(*command("large"))
     wait_for(lambda: temp_folder_exists(work, "prepared"), child)
     writing_from = time.monotonic()
-    assert child.wait(timeout=120) == 0, child.stderr.read()
+    _, stderr = child.communicate(timeout=120)  # and closes the pipes
+    assert child.returncode == 0, stderr
     # (Both include the interpreter's exit; shortened so that most kills land in the work.)
     write_seconds = max(0.7 * (time.monotonic() - writing_from), 0.05)
     run_seconds = 0.9 * (time.monotonic() - started)

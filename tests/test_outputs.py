@@ -57,7 +57,7 @@ def test_a_second_writer_of_the_same_out_is_refused_naming_the_first(
         assert not out.exists()
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # and closes its pipe
     result = runner.invoke(cli, command)  # the first one gone: this run completes
     assert result.exit_code == 0, result.output
     assert out.is_dir() and hidden_siblings(tmp_path) == []

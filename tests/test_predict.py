@@ -159,8 +159,7 @@ def test_output_cut_short_by_its_reader_is_a_quiet_stop(trained_model, unseen_ph
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = child.stdout.readline()
     child.stdout.close()
-    stderr = child.stderr.read()
-    child.wait(timeout=120)
+    _, stderr = child.communicate(timeout=120)  # reads stderr to its end and closes it
     assert first.startswith(f"{photo}: cats (")
     assert child.returncode == 141, stderr
     assert stderr == ""

@@ -110,7 +110,7 @@ def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
                 pass
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # and closes its pipe
     with safeio.output_lock(out):  # SIGKILL released it: no stale lock
         pass
     assert os.listdir(tmp_path) == []

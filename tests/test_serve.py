@@ -67,7 +67,8 @@ def serving(model: Path, *options: str) -> Iterator[ServerProcess]:
         [sys.executable, "-m", "catsdogs", "serve", "--model", str(model), "--port", "0",
          *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=reader, args=(process.stdout, lines), daemon=True).start()
+    reading = threading.Thread(target=reader, args=(process.stdout, lines), daemon=True)
+    reading.start()
     try:
         try:
             first = lines.get(timeout=START_TIMEOUT)
@@ -84,6 +85,9 @@ def serving(model: Path, *options: str) -> Iterator[ServerProcess]:
                 process.kill()
                 process.wait()
         process.stderr.close()
+        reading.join(timeout=START_TIMEOUT)  # at the end of the output once the server is gone
+        if not reading.is_alive():
+            process.stdout.close()
 
 
 def photo_bytes(kind: str, seed: int, extension: str = ".jpg") -> bytes:
