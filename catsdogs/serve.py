@@ -12,7 +12,8 @@ and no further (413).
 * ``POST /predict``: multipart fields named ``file``, or one ``image/*`` body. Answers the rows
   of ``predict --json``; query parameters ``threshold``, ``top``, ``heatmap`` and ``tta``
   (on by default, as in ``predict``: ``tta=0`` predicts the photo alone).
-* ``GET /health``: the model folder, classes and engine. ``GET /metrics``: Prometheus text.
+* ``GET /health``: the model folder, classes, engine, and whether ``tta`` is on unless a
+  request says ``tta=0``. ``GET /metrics``: Prometheus text.
 
 Photos are decoded by :func:`data_prep.images.photo_from_bytes` (the code ``prepare`` and
 ``predict`` use, header checks included) and predicted by :class:`catsdogs.predict.Predictor`:
@@ -191,7 +192,7 @@ class PhotoService:
         info = self.predictor.info
         return {"status": "ok", "model": str(info.path.resolve()), "classes": self.classes,
                 "engine": self.predictor.engine, "image_size": info.image_size,
-                "catsdogs_version": __version__}
+                "tta": TTA_DEFAULT, "catsdogs_version": __version__}
 
     def answer(self, uploads: list[tuple[str, bytes]], options: Options
                ) -> tuple[list[dict], list[str]]:

@@ -180,6 +180,7 @@ def test_health_names_the_model_its_classes_and_engine(server, trained_model):
     assert health["model"] == str(trained_model.resolve())
     assert health["classes"] == ["cats", "dogs"]
     assert health["engine"] == "onnx"
+    assert health["tta"] is True  # what a request without tta= gets
 
 
 def test_one_photo_answers_what_predict_json_says(server, trained_model, tmp_path):
