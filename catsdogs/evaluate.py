@@ -245,7 +245,7 @@ def read_source(data: Path, predictor: Predictor) -> Source:
 
 
 def predictions_for(source: Source, predictor: Predictor, batch_size: int,
-                    threshold: float | None, tta: bool = TTA_DEFAULT) -> Iterator[Prediction]:
+                    threshold: float | None, tta: bool) -> Iterator[Prediction]:
     if source.images is not None and source.rows is not None:
         for start in range(0, len(source.rows), batch_size):
             chosen = source.rows[start : start + batch_size]
@@ -367,7 +367,7 @@ class Scored:
 
 
 def write_predictions(path: Path, source: Source, predictor: Predictor, batch_size: int,
-                      threshold: float | None, tta: bool = TTA_DEFAULT) -> Scored:
+                      threshold: float | None, tta: bool) -> Scored:
     """Predict every photo of ``source``, writing one row per readable photo to ``path``:
     ``predict``'s answer (``predicted``, ``p_<class>``) and, with ``tta``, that of the photo
     alone (``predicted_photo_alone``, ``p_photo_alone_<class>``)."""

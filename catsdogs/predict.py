@@ -254,7 +254,7 @@ class Predictor:
         pending: list[tuple[Prediction, np.ndarray | None]],
         threshold: float | None,
         top: int,
-        tta: bool = TTA_DEFAULT,
+        tta: bool,
     ) -> Iterator[Prediction]:
         good = [pixels for _, pixels in pending if pixels is not None]
         if good:
