@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -410,6 +411,25 @@ def _missing_parents(out: Path) -> list[Path]:
     return missing
 
 
+def _holder_pid(handle: int, wait: float = 0.5) -> str:
+    """The pid the lock's holder wrote into the lock file, or "" if none appears in ``wait``.
+
+    The holder writes its pid just after it takes the lock, so a process refused in that
+    instant finds the file still empty: it looks again for a moment before giving up.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            text = os.pread(handle, 32, 0).decode("ascii", "replace")
+        except OSError:
+            return ""
+        if text.endswith("\n") and text.strip().isdigit():
+            return text.strip()
+        if time.monotonic() >= deadline:
+            return ""
+        time.sleep(0.005)
+
+
 def _acquire(path: Path, out: Path) -> int:
     """Open and ``flock`` ``path``; refuse at once if another process holds it."""
     while True:
@@ -417,12 +437,9 @@ def _acquire(path: Path, out: Path) -> int:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = os.read(handle, 32).decode("ascii", "replace").strip()
-            except OSError:
-                holder = ""
+            holder = _holder_pid(handle)
             os.close(handle)
-            who = f" (pid {holder})" if holder.isdigit() else ""
+            who = f" (pid {holder})" if holder else ""
             raise OutputBusyError(
                 f"{out} is being written by another catsdogs process{who}; wait for it to "
                 "finish or choose another --out"

@@ -116,6 +116,33 @@ def test_lock_of_a_killed_holder_is_free_at_once(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_refused_in_the_instant_before_the_holder_wrote_its_pid_still_names_it(tmp_path):
+    """The holder takes the lock, then writes its pid: a writer refused in between waits a
+    moment for the pid rather than leave it out of the message (a race CI once hit)."""
+    out = tmp_path / "prepared"
+    lock = safeio.lock_path(out)
+    script = (
+        "import fcntl, os, sys, time\n"
+        f"handle = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
+        "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True); time.sleep(0.2)\n"
+        "os.write(handle, f'{os.getpid()}\\n'.encode()); time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(safeio.OutputBusyError) as refused:
+            with safeio.output_lock(out):
+                pass
+        assert str(refused.value) == (
+            f"{out} is being written by another catsdogs process (pid {holder.pid}); "
+            "wait for it to finish or choose another --out"
+        )
+    finally:
+        holder.kill()
+        holder.communicate()  # and closes its pipe
+
+
 def test_atomic_exchange_swaps_two_folders(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir()
