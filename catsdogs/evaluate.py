@@ -32,7 +32,6 @@ from catsdogs.predict import Prediction, Predictor, decide
 from catsdogs.tta import TTA_DEFAULT, TTA_NAME
 from data_prep import safeio
 from data_prep.discover import printable
-from data_prep.store import TEST_SPLIT, TRAIN_SPLIT
 
 # /2: the figures are those of predict's answer (test-time views by default), the photo
 # alone's under "photo_alone". /1 had the photo alone's at the top and the views' under "tta".
@@ -185,18 +184,19 @@ def match_classes(found: list[str], classes: list[str]) -> dict[str, int]:
 
 def training_paths(model_info: dict[str, Any]) -> set[str] | None:
     """Resolved paths of the photos the model could have trained on (its dataset's rows that
-    are not in a test split), or None when that dataset is gone."""
+    are not in a test split, by :meth:`~data_prep.store.PreparedDataset.training_rows`), or
+    None when that dataset is gone or unreadable."""
+    from data_prep.store import read_dataset
+
     dataset = model_info.get("dataset")
-    if not isinstance(dataset, str) or not (Path(dataset) / "manifest.csv").is_file():
-        return None
+    if not isinstance(dataset, str) or not Path(dataset).is_dir():
+        return None  # (read_dataset would restore a folder a killed writer left aside)
     try:
-        with open(Path(dataset) / "manifest.csv", newline="", encoding="utf-8") as handle:
-            return {
-                os.path.realpath(row["path"]) for row in csv.DictReader(handle)
-                if row.get("split", TRAIN_SPLIT) != TEST_SPLIT
-            }
-    except (OSError, KeyError, csv.Error):
+        prepared = read_dataset(dataset)
+        paths = prepared.manifest["path"].iloc[prepared.training_rows()]
+    except (OSError, ValueError, KeyError):
         return None
+    return {os.path.realpath(str(path)) for path in paths}
 
 
 def read_source(data: Path, predictor: Predictor) -> Source:

@@ -19,6 +19,7 @@ from catsdogs.evaluate import (
     log_loss,
     match_classes,
     roc_auc,
+    training_paths,
 )
 from tests.helpers import assert_clean_exit, write_photos
 
@@ -117,6 +118,22 @@ def test_prepared_dataset_uses_its_test_split(runner, trained_model, tiny_datase
     assert metrics["n"] == 6 and metrics["data_kind"] == "dataset"
     split = json.loads((prepared / "dataset.json").read_text())["num_test"]
     assert split == 6
+
+
+def test_training_paths_are_the_dataset_rows_outside_its_test_split(runner, tiny_dataset,
+                                                                  tmp_path):
+    prepared = tmp_path / "prepared"
+    assert runner.invoke(cli, ["prepare", str(tiny_dataset), "--out", str(prepared), "--size",
+                               "24", "--test-fraction", "0.25"]).exit_code == 0
+    with open(prepared / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    trained = {str(Path(row["path"]).resolve()) for row in rows if row["split"] != "test"}
+    assert len(trained) == 18 and len(rows) == 24
+    assert training_paths({"dataset": str(prepared)}) == trained
+    assert training_paths({"dataset": str(tmp_path / "gone")}) is None
+    assert training_paths({}) is None
+    (prepared / "manifest.csv").write_text("index,path\n0,a.jpg\n")  # rows ≠ images
+    assert training_paths({"dataset": str(prepared)}) is None
 
 
 def test_honest_warnings_about_photos_the_model_has_seen(runner, trained_model, tmp_path):
