@@ -16,6 +16,8 @@ from catsdogs.train import budget_rate, checkpoint_folder, read_checkpoint, trai
 from tests.helpers import TINY_MODEL, assert_clean_exit
 from tests.test_train_control import InterruptAfter
 
+DEFAULT_EPOCHS = TrainConfig().epochs  # the default length, from its one source
+
 keras = import_keras()
 TINY = dict(blocks=1, filters=4, dense=(), dropout_rate=0.0)
 
@@ -117,8 +119,8 @@ def test_budget_survives_an_interruption(prepared, tmp_path):
 
 
 def test_the_default_length_keeps_to_its_time_limit(runner, prepared, tmp_path, monkeypatch):
-    """No --epochs and no --budget: the default 150 epochs stop at DEFAULT_TIME_LIMIT (8 s
-    here) with the schedule fitted to the epochs that fit, and say so."""
+    """No --epochs and no --budget: the default epochs (DEFAULT_EPOCHS) stop at
+    DEFAULT_TIME_LIMIT (8 s here) with the schedule fitted to the epochs that fit, and say so."""
     from catsdogs import cli as cli_module
 
     monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 8.0)
@@ -129,18 +131,19 @@ def test_the_default_length_keeps_to_its_time_limit(runner, prepared, tmp_path, 
     assert_clean_exit(result, 0)
     history = pd.read_csv(out / "history.csv")
     ran = len(history)
-    assert 1 <= ran < 150
-    assert re.search(rf"^The 8s limit of the default length allowed {ran} of its 150 "
-                     r"epochs\.$", result.output, re.MULTILINE), result.output
+    assert 1 <= ran < DEFAULT_EPOCHS
+    assert re.search(rf"^The 8s limit of the default length allowed {ran} of its "
+                     rf"{DEFAULT_EPOCHS} epochs\.$", result.output, re.MULTILINE), result.output
     if ran >= 2:  # the first epoch (set-up included) alone does not say it, nor plan
         # the schedule, fitted to the epochs that fit, ran to (near) its end
         assert history["learning_rate"].iloc[-1] < 0.01 * 0.2
-        assert re.search(r"^The default 150 epochs take longer than 8s here: \d+ fit "
+        assert re.search(rf"^The default {DEFAULT_EPOCHS} epochs take longer than 8s "
+                         r"here: \d+ fit "
                          r"\(\d+\.\d s each\), and the learning-rate schedule is fitted to "
-                         r"them; --epochs 150 trains them all\.$", result.output,
+                         rf"them; --epochs {DEFAULT_EPOCHS} trains them all\.$", result.output,
                          re.MULTILINE), result.output
     info = json.loads((out / "model.json").read_text())
-    assert info["training"]["budget"] == 8 and info["training"]["epochs"] == 150
+    assert info["training"]["budget"] == 8 and info["training"]["epochs"] == DEFAULT_EPOCHS
 
 
 @pytest.mark.slow
@@ -152,16 +155,17 @@ def test_a_resumed_default_length_run_keeps_its_time_limit_wording(runner, prepa
 
     monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 8.0)
     out = tmp_path / "m"
-    first = train(prepared, out, ModelConfig(**TINY), tiny_train(epochs=150, budget=8.0),
+    first = train(prepared, out, ModelConfig(**TINY),
+                  tiny_train(epochs=DEFAULT_EPOCHS, budget=8.0),
                   callbacks=[InterruptAfter(2)])
     assert first.interrupted
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
                                  "--resume"])
     assert_clean_exit(result, 0)
     ran = len(pd.read_csv(out / "history.csv"))
-    assert 2 < ran < 150 and "budget" not in result.output
-    assert re.search(rf"^The 8s limit of the default length allowed {ran} of its 150 "
-                     r"epochs\.$", result.output, re.MULTILINE), result.output
+    assert 2 < ran < DEFAULT_EPOCHS and "budget" not in result.output
+    assert re.search(rf"^The 8s limit of the default length allowed {ran} of its "
+                     rf"{DEFAULT_EPOCHS} epochs\.$", result.output, re.MULTILINE), result.output
 
 
 @pytest.mark.parametrize("length", [["--epochs", "2"], ["--config", "RECIPE"]])
