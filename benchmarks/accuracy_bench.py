@@ -9,8 +9,13 @@ For each seed: ``catsdogs prepare SOURCE --test-fraction F --seed SEED`` (so eve
 own held-out photos, which ``train`` never sees), then for each recipe ``catsdogs train --seed
 SEED <recipe options>``, ``catsdogs evaluate`` on the prepared test split and, with ``--other``,
 on a second folder of photos from another source (scored only). The table gives both of
-evaluate's figures: the photo alone, and the six test-time views it averages by default. All
-work happens in ``--work`` (a temporary folder by default), never in the repository.
+evaluate's figures: the photo alone, and the six test-time views it averages by default. A
+second table sets each recipe against the default seed by seed (the same split, the same
+held-out photos): single runs differ by several points from seed to seed, two recipes on one
+seed much less, so the mean difference and its 95% interval say whether a recipe gained.
+``--paired-from RUNS.json`` prints that table from a former ``--json`` (runs of several
+benches may be joined into one list first). All work happens in ``--work`` (a temporary
+folder by default), never in the repository.
 
 Example (the full-scale run for issue 12; hours on 2 cores):
 
@@ -169,6 +174,59 @@ def spread(values: list[float]) -> str:
             f"({min(values):.1%}–{max(values):.1%})")
 
 
+# Student's t, 97.5th percentile, by degrees of freedom (a 95% two-sided interval); past 10
+# degrees 2.201 (that of 11) is used, which overstates the interval slightly.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228}
+
+
+def paired_difference(mine: dict[int, float], baseline: dict[int, float]) -> str:
+    """A recipe against the baseline on the seeds both ran (same split, same held-out photos):
+    the mean difference in points with its 95% interval, and each seed's difference. Single
+    runs vary by several points between seeds, much less between two recipes on one seed,
+    so this is the figure that says whether a recipe gained or only met an easier split."""
+    seeds = sorted(set(mine) & set(baseline))
+    if not seeds:
+        return "–"
+    differences = [(mine[seed] - baseline[seed]) * 100 for seed in seeds]
+    each = ", ".join(f"{difference:+.2f}" for difference in differences)
+    mean = statistics.fmean(differences)
+    if len(differences) == 1:
+        return f"{mean:+.2f} (one seed)"
+    half = (T_975.get(len(differences) - 1, 2.201) * statistics.stdev(differences)
+            / len(differences) ** 0.5)
+    return f"{mean:+.2f} ± {half:.2f} ({each})"
+
+
+def paired_table(runs: list[Run], baseline: str = "default") -> str:
+    """Each recipe against ``baseline``, seed by seed, in points of accuracy: the six views
+    (evaluate's default) and the photo alone, held out and on the other source, and the
+    ratio of wall times. Empty when the baseline did not run."""
+    def by_seed(recipe: str, name: str) -> dict[int, float]:
+        return {run.seed: getattr(run, name) for run in runs
+                if run.recipe == recipe and not run.error and getattr(run, name) is not None}
+
+    names = list(dict.fromkeys(run.recipe for run in runs if run.recipe != baseline))
+    if not names or not any(run.recipe == baseline for run in runs):
+        return ""
+    lines = [
+        f"Against `{baseline}` on the same seeds (points; mean ± 95% interval, then each "
+        "seed):\n",
+        "| recipe | held out: six views | the photo alone | other: six views | the photo alone "
+        "| wall |",
+        "|---|---|---|---|---|---|",
+    ]
+    walls = {name: by_seed(name, "wall_s") for name in [baseline, *names]}
+    for name in names:
+        cells = [paired_difference(by_seed(name, field_name), by_seed(baseline, field_name))
+                 for field_name in ("held_out_tta", "held_out", "other_tta", "other")]
+        seeds = set(walls[name]) & set(walls[baseline])
+        ratios = [walls[name][seed] / walls[baseline][seed] for seed in seeds]
+        ratio = f"{statistics.fmean(ratios):.2f}×" if ratios else "–"
+        lines.append(f"| {name} | {' | '.join(cells)} | {ratio} |")
+    return "\n".join(lines)
+
+
 def table(recipes: list[Recipe], runs: list[Run], common: list[str]) -> str:
     lines = [
         "| recipe | train options | seeds | held-out, the photo alone (mean ± sd, range) "
@@ -228,7 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--json", type=Path, help="also write every run as JSON")
+    parser.add_argument("--paired-from", type=Path, metavar="JSON",
+                        help="run nothing: print the paired comparison of the runs a former "
+                             "--json wrote")
     args = parser.parse_args(argv)
+    if args.paired_from:
+        runs = [Run(**run) for run in json.loads(args.paired_from.read_text())]
+        print(paired_table(runs))
+        return 0
 
     seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     recipes = ([] if args.no_baseline else [Recipe("default", [])]) + args.recipe
@@ -264,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.cpu_count()} CPUs, load average at the end {load[0]:.1f}/{load[1]:.1f}/"
             f"{load[2]:.1f}; {(time.perf_counter() - started) / 60:.1f} min in all\n\n"
         )
-        text = header + table(recipes, runs, common) + "\n"
+        paired = paired_table(runs)
+        text = header + table(recipes, runs, common) + "\n" + (f"\n{paired}\n" if paired else "")
         print(text)
         if args.markdown:
             args.markdown.write_text(text)
