@@ -51,8 +51,8 @@ AUTO_TRAIN_SCALE = 0.8
 # The default length's time limit, in seconds: without --epochs or --budget (given, or set by a
 # --config recipe) `train` runs the default epochs within this time, the schedule fitted to
 # the epochs that fit, on a machine too slow to run them all in it; so `prepare` then `train`
-# of 2,000 photos stay within 20 minutes on a busy laptop too (issue 12). On the 2-core
-# machine of benchmarks/RESULTS.md the default takes 12.7 minutes: the limit does not bind.
+# of 2,000 photos stay within 20 minutes on a busy laptop too (issue 12). On the idle 2-core
+# machine of benchmarks/RESULTS.md 146 of the default 150 epochs fit (17.9 minutes).
 DEFAULT_TIME_LIMIT = 18 * 60.0
 
 TRAIN_AND_SUMMARY = ("train", "summary")
@@ -229,7 +229,7 @@ class ModelConfig:
         2, "Number of classes.", option="classes", min=2, commands=("summary",))
     blocks: int = setting(5, "Number of Conv2D + pooling blocks.", min=1, max=10)
     filters: int | tuple[int, ...] = setting(
-        16, "Filters of the first Conv2D, each later block doubling them; or one number per "
+        20, "Filters of the first Conv2D, each later block doubling them; or one number per "
         "block (6,16).", min=1, max=1024)
     kernel_size: int | tuple[int, ...] = setting(
         3, "Side of the square convolution kernels; or one per block (5,5).", min=1, max=15)

@@ -1,5 +1,7 @@
 """build_model and the summary command."""
 
+from pathlib import Path
+
 import pytest
 
 from catsdogs.cli import cli
@@ -30,6 +32,21 @@ def test_default_recipe_model_has_batch_norm_and_no_random_layers():
     assert kinds.count("BatchNormalization") == 5 and kinds.count("Conv2D") == 5
     assert not any(kind.startswith("Random") for kind in kinds)
     assert model.get_layer("block1_conv").use_bias is False  # BN's offset replaces the bias
+
+
+def test_default_network_is_the_documented_one(runner):
+    """The default width (issue 12: 20 filters, doubling) and the parameter count that
+    docs/commands.md prints for `catsdogs train` with no options."""
+    result = runner.invoke(cli, ["summary"])
+    assert result.exit_code == 0, result.output
+    convs = [layer for layer in build_model(ModelConfig()).layers
+             if type(layer).__name__ == "Conv2D"]
+    assert [layer.filters for layer in convs] == [20, 40, 80, 160, 320]
+    total = next(line for line in result.output.splitlines() if "Total params:" in line)
+    assert total.strip() == "Total params: 615,341 (2.35 MB)"
+    documented = (Path(__file__).resolve().parent.parent / "docs" / "commands.md").read_text(
+        encoding="utf-8")
+    assert f"\n{total}\n" in documented
 
 
 def test_batch_norm_auto_and_explicit():
