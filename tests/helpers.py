@@ -12,6 +12,9 @@ import cv2
 import numpy as np
 from click.testing import CliRunner, Result
 
+# The project's root folder: docs, benchmarks and scripts the tests read or run.
+ROOT = Path(__file__).resolve().parent.parent
+
 # A model small enough to train in a second on 24px images.
 TINY_MODEL = ["--blocks", "1", "--filters", "4", "--dense", "0", "--dropout", "0"]
 TINY_TRAIN = ["--epochs", "4", "--batch-size", "4", "--learning-rate", "0.01"]

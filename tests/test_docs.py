@@ -2,12 +2,12 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 import pytest
 
 from catsdogs.cli import cli
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize("name", sorted(cli.commands))
@@ -55,12 +55,9 @@ def normalized(text: str) -> str:
 
 
 def test_options_reference_is_up_to_date():
-    from pathlib import Path
-
     from catsdogs.docs import options_markdown
 
-    written = (Path(__file__).resolve().parent.parent / "docs" / "options.md").read_text(
-        encoding="utf-8")
+    written = (ROOT / "docs" / "options.md").read_text(encoding="utf-8")
     assert written == options_markdown(), (
         "docs/options.md is out of date: python -m catsdogs.docs > docs/options.md")
 
@@ -102,7 +99,6 @@ def cell_text(row: str, column: int) -> str:
     return cells[column].strip().replace("\0", "|")
 
 
-ROOT = Path(__file__).resolve().parent.parent
 # Pages the README links to that other work will write.
 PLANNED_PAGES = {"docs/serve.md", "docs/gpu.md"}
 

@@ -1,13 +1,11 @@
 """build_model and the summary command."""
 
-from pathlib import Path
-
 import pytest
 
 from catsdogs.cli import cli
 from catsdogs.config import ModelConfig, TrainConfig, parse_dense
 from catsdogs.model import build_model
-from tests.helpers import assert_clean_exit
+from tests.helpers import ROOT, assert_clean_exit
 
 ARTICLE = ["--size", "300", "--blocks", "1", "--filters", "10", "--kernel-size", "5",
            "--padding", "valid", "--dense", "0"]
@@ -44,8 +42,7 @@ def test_default_network_is_the_documented_one(runner):
     assert [layer.filters for layer in convs] == [20, 40, 80, 160, 320]
     total = next(line for line in result.output.splitlines() if "Total params:" in line)
     assert total.strip() == "Total params: 615,341 (2.35 MB)"
-    documented = (Path(__file__).resolve().parent.parent / "docs" / "commands.md").read_text(
-        encoding="utf-8")
+    documented = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
     assert f"\n{total}\n" in documented
 
 

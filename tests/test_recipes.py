@@ -8,7 +8,6 @@ import pytest
 
 from catsdogs.cli import cli
 
-ROOT = Path(__file__).resolve().parent.parent
 ARTICLE = "size = 300\nblocks = 1\nfilters = 10\nkernel-size = 5\ndense = 0\n"
 
 

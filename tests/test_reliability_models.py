@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 
 from catsdogs.cli import cli
-from tests.helpers import assert_clean_exit
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, assert_clean_exit
 
 # The lambda touches the file named by $CATSDOGS_TEST_MARKER whenever it runs.
 SIDE_EFFECT = (
@@ -265,7 +263,7 @@ def test_no_code_path_unpickles():
     call refuses pickles explicitly; nothing passes ``allow_pickle=True``."""
     unpicklers = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal",
                   "shelve"}
-    sources = [*(REPO / "catsdogs").rglob("*.py"), *(REPO / "data_prep").rglob("*.py")]
+    sources = [*(ROOT / "catsdogs").rglob("*.py"), *(ROOT / "data_prep").rglob("*.py")]
     assert sources
     np_loads = 0
     for path in sources:

@@ -28,9 +28,8 @@ import pytest
 from catsdogs.cli import cli
 from catsdogs.predict import Predictor
 from catsdogs.serve import BODY_TIMEOUT
-from tests.helpers import make_photo
+from tests.helpers import ROOT, make_photo
 
-ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 90  # seconds; the test machine may be busy
 BOUNDARY = "catsdogs-test-boundary"
 
