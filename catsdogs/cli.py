@@ -278,15 +278,16 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     With no options this is the default recipe: 5 blocks with batch normalization,
     augmentation, AdamW with a cosine schedule and label smoothing, 150 epochs (at most
     18 minutes: on a slower machine the schedule is fitted to the epochs that fit). The
-    weights of the best epoch by --monitor are saved to --out as model.keras, with
-    model.json, history.csv and curves.png. Ctrl-C stops after saving the best epoch so
-    far; --resume continues from the last finished epoch. --config FILE reads the
-    settings from a TOML recipe; --print-config prints one.
+    weights of the best epoch by --monitor (--keep last: of the last epoch) are saved to
+    --out as model.keras, with model.json, history.csv and curves.png. Ctrl-C stops after
+    saving that epoch so far; --resume continues from the last finished epoch. --config
+    FILE reads the settings from a TOML recipe; --print-config prints one.
 
     \b
     Example:
         catsdogs train                                   # the default recipe
         catsdogs train --epochs 60 --patience 10
+        catsdogs train --keep last --validation-split 0.1
         catsdogs train --blocks 1 --filters 10 --kernel-size 5 --dense 0 \\
             --no-augment --dropout 0                     # the classic article's model
         catsdogs train --config article --epochs 30
@@ -484,8 +485,7 @@ def report_balance(balance: Any) -> None:
 
 def report_training(result: Any, data: Path, out: Path, patience: int,
                     default_epochs: int = 0) -> None:
-    """The end of ``train``: the best epoch, where the model is, exit 130 if interrupted."""
-    best = result.best
+    """The end of ``train``: the kept epoch, where the model is, exit 130 if interrupted."""
     if result.interrupted:
         click.echo(f"Interrupted after {result.epochs_run} finished epoch(s).", err=True)
     if not result.saved:
@@ -493,15 +493,7 @@ def report_training(result: Any, data: Path, out: Path, patience: int,
         raise SystemExit(130)
     if result.stopped_early:
         click.echo(f"Stopped early: no better {result.monitor} for {patience} epochs.")
-    sizes = ("", "")
-    if result.train_size != result.image_size:  # --train-scale
-        sizes = (f" at {result.train_size} px", f" at {result.image_size} px")
-    click.echo(
-        f"Best epoch {result.best_epoch} by {result.monitor}: "
-        f"val_accuracy {best.get('val_accuracy', 0):.4f}, "
-        f"val_loss {best.get('val_loss', 0):.4f} ({result.num_train:,} training photos"
-        f"{sizes[0]}, {result.num_validation:,} validation{sizes[1]}, {result.seconds:.0f} s)"
-    )
+    click.echo(kept_line(result))
     if default_epochs:  # the default length, which keeps to DEFAULT_TIME_LIMIT
         if result.budget_epochs < default_epochs:
             click.echo(f"The {format_duration(DEFAULT_TIME_LIMIT)} limit of the default "
@@ -520,9 +512,26 @@ def report_training(result: Any, data: Path, out: Path, patience: int,
                    "(worker 0) saved the model, nothing was written here.")
     if result.interrupted:
         if result.checkpoint is not None:
-            click.echo(f"The best model so far is in {out}. Continue training with: "
+            click.echo(f"The model so far is in {out}. Continue training with: "
                        f"catsdogs train --data {data} --out {out} --resume", err=True)
         raise SystemExit(130)
+
+
+def kept_line(result: Any) -> str:
+    """Which epoch was saved and its validation figures, e.g. "Best epoch 12 by val_loss:
+    val_accuracy 0.9000, val_loss 0.3000 (1,600 training photos, 400 validation, 95 s)"."""
+    sizes = ("", "")
+    if result.train_size != result.image_size:  # --train-scale
+        sizes = (f" at {result.train_size} px", f" at {result.image_size} px")
+    kept = result.kept
+    photos = (f"({result.num_train:,} training photos{sizes[0]}, {result.num_validation:,} "
+              f"validation{sizes[1]}, {result.seconds:.0f} s)")
+    figures = (f"val_accuracy {kept.get('val_accuracy', 0):.4f}, "
+               f"val_loss {kept.get('val_loss', 0):.4f} {photos}")
+    if result.keep == "best":
+        return f"Best epoch {result.kept_epoch} by {result.monitor}: {figures}"
+    return (f"Kept the last epoch, {result.kept_epoch} (--keep last): {figures}; the best by "
+            f"{result.monitor} was epoch {result.best_epoch}")
 
 
 ENGINE_HELP = ("onnx: model.onnx with onnxruntime (fast start, no TensorFlow); keras: "

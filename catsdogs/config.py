@@ -23,6 +23,7 @@ CHANNELS = (1, 3)
 HEADS = ("auto", "flatten", "gap")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
+KEEPS = ("best", "last")
 DEVICES = ("auto", "cpu")
 PRECISIONS = ("auto", "mixed", "bfloat16", "float32")
 JIT_COMPILE = ("auto", "on", "off")
@@ -36,7 +37,7 @@ AUGMENTS = ("crop", "layers", "none")
 BLOCK_ORDERS = ("conv-pool-norm", "conv-norm-pool")
 # What a model.json written before a setting existed meant by its absence.
 ABSENT_MEANS = {"block_order": "conv-norm-pool"}
-TRAINING_ABSENT_MEANS = {"train_scale": 1.0}
+TRAINING_ABSENT_MEANS = {"train_scale": 1.0, "keep": "best"}
 # From this many blocks a model is "deep": batch normalization and the global-average-pooling
 # head are on by default ("auto"), while one- and two-block models (the classic article's, the
 # textbook networks) stay plain, with Flatten.
@@ -429,9 +430,14 @@ class TrainConfig:
         commands=("train",))
     monitor: str = setting("val_loss", "Validation metric that picks the best epoch.",
                            choices=MONITORS, commands=("train",))
+    keep: str = setting(
+        "best", "The epoch whose weights are saved. best: the best by --monitor; last: the "
+        "last finished one, where the learning-rate schedule ends, whose validation "
+        "figures are then a fair estimate (no epoch was chosen on them).", choices=KEEPS,
+        commands=("train",))
     patience: int = setting(
-        0, "Stop after this many epochs without a better --monitor; 0 never stops.", min=0,
-        max=10_000, commands=("train",))
+        0, "Stop after this many epochs without a better --monitor (with --keep best); 0 "
+        "never stops.", min=0, max=10_000, commands=("train",))
     device: str = setting("auto", "auto: a GPU when there is one; cpu: the CPU even then.",
                           choices=DEVICES, commands=("train",))
     precision: str = setting(
@@ -468,6 +474,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.patience and self.keep == "last":
+            raise ValueError("--patience stops training when --monitor stops improving, to "
+                             "keep the best epoch: use it with --keep best")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

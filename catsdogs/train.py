@@ -1,4 +1,5 @@
-"""``train(data, out, model_config, train_config)``: fit, keep the best epoch, save the model.
+"""``train(data, out, model_config, train_config)``: fit, keep the best (or last) epoch,
+save the model.
 
 The run reads as its steps: :func:`load_resume_state` → :func:`start_run` (configurations
 and split) → :func:`make_batches` → :func:`class_balance` → :func:`build_and_compile` →
@@ -7,8 +8,8 @@ pretrained backbone) → :func:`catsdogs.model_folder.write_model_folder`, all i
 :func:`data_prep.safeio.output_folder` (the lock of ``out``, built aside, published whole).
 While it runs, a checkpoint (weights, optimizer state, epoch, history) is kept after every
 epoch in a hidden sibling of ``out`` (``.model.partial/`` beside ``model/``), never
-inside ``out``: ``out`` holds either nothing or a complete model. Ctrl-C saves the best
-epoch so far to ``out`` and keeps the checkpoint, which ``resume=True`` continues from.
+inside ``out``: ``out`` holds either nothing or a complete model. Ctrl-C saves the kept
+epoch so far (``--keep``) to ``out`` and keeps the checkpoint, which ``resume=True`` continues from.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ class TrainResult:
     budget: float = 0.0  # seconds; 0: none
     budget_epochs: int = 0  # the epochs the budget allowed, by the last estimate
     epoch_seconds: float = 0.0  # the epoch time that estimate used
+    keep: str = "best"  # --keep: which epoch's weights were saved
+    kept_epoch: int = 0
+    kept: dict[str, float] = field(default_factory=dict)  # that epoch's metrics
 
 
 @dataclass
@@ -325,8 +329,9 @@ class BatchProgress(import_keras().callbacks.Callback):
 
 
 class BestEpoch(import_keras().callbacks.Callback):
-    """Record each epoch's metrics, report them, keep the weights of the best epoch by
-    ``monitor``, and stop after ``patience`` epochs without improvement (0: never)."""
+    """Record each epoch's metrics, report them, find the best epoch by ``monitor``, keep
+    the weights of the epoch to save (``keep``: the best one, or the last one), and stop
+    after ``patience`` epochs without improvement (0: never)."""
 
     def __init__(
         self,
@@ -334,17 +339,21 @@ class BestEpoch(import_keras().callbacks.Callback):
         monitor: str = "val_loss",
         patience: int = 0,
         model: Any = None,
+        keep: str = "best",
     ) -> None:
         super().__init__()
         self.report = report
         self.monitor = monitor
         self.patience = patience
         self.inference_model = model
+        self.keep = keep
         self.rows: list[dict[str, Any]] = []
         self.best_value = float("inf")
         self.best_epoch = 0
         self.best_row: dict[str, Any] = {}
-        self.best_weights: list[np.ndarray] | None = None
+        self.kept_epoch = 0  # the epoch whose weights are kept: the best one, or the last
+        self.kept_row: dict[str, Any] = {}
+        self.kept_weights: list[np.ndarray] | None = None
         self.epoch_started = 0.0
         self.stopped_early = False
         self.stage_start = 0  # patience counts from here too (the fine-tuning stage's start)
@@ -374,7 +383,10 @@ class BestEpoch(import_keras().callbacks.Callback):
             self.best_value = value
             self.best_epoch = epoch + 1
             self.best_row = dict(row)
-            self.best_weights = self.target.get_weights()
+        if row["best"] or self.keep == "last":
+            self.kept_epoch = epoch + 1
+            self.kept_row = dict(row)
+            self.kept_weights = self.target.get_weights()
         self.rows.append(row)
         if self.report is not None:
             self.report(row)
@@ -383,19 +395,24 @@ class BestEpoch(import_keras().callbacks.Callback):
             self.model.stop_training = True
 
     def restore(self) -> None:
-        if self.best_weights is not None:
-            self.target.set_weights(self.best_weights)
+        """Put the kept epoch's weights into the model."""
+        if self.kept_weights is not None:
+            self.target.set_weights(self.kept_weights)
 
     def state(self) -> dict[str, Any]:
         return {"rows": self.rows, "best_value": self.best_value, "best_epoch": self.best_epoch,
-                "best_row": self.best_row}
+                "best_row": self.best_row, "kept_epoch": self.kept_epoch,
+                "kept_row": self.kept_row}
 
-    def load_state(self, state: dict[str, Any], best_weights: list[np.ndarray] | None) -> None:
+    def load_state(self, state: dict[str, Any], kept_weights: list[np.ndarray] | None) -> None:
         self.rows = list(state["rows"])
         self.best_value = float(state["best_value"])
         self.best_epoch = int(state["best_epoch"])
         self.best_row = dict(state["best_row"])
-        self.best_weights = best_weights
+        # A checkpoint from before --keep kept the best epoch.
+        self.kept_epoch = int(state.get("kept_epoch", self.best_epoch))
+        self.kept_row = dict(state.get("kept_row", self.best_row))
+        self.kept_weights = kept_weights
 
 
 def training_variables(trainer: Any) -> list[Any]:
@@ -453,23 +470,23 @@ class Checkpoint(import_keras().callbacks.Callback):
         done = epoch + 1
         weights = f"training-{done:05d}.npz"
         save_training_state(self.model, self.folder / weights)
-        best = f"best-{self.keeper.best_epoch:05d}.npz"
-        if not (self.folder / best).exists() and self.keeper.best_weights is not None:
-            save_arrays(self.folder / best, self.keeper.best_weights)
+        kept = f"kept-{self.keeper.kept_epoch:05d}.npz"
+        if not (self.folder / kept).exists() and self.keeper.kept_weights is not None:
+            save_arrays(self.folder / kept, self.keeper.kept_weights)
         failpoints.failpoint(failpoints.CHECKPOINT_WEIGHTS)
         state = dict(self.static)
         state.update({
             "format": CHECKPOINT_FORMAT,
             "epochs_done": done,
             "weights": weights,
-            "best_weights": best if self.keeper.best_weights is not None else None,
+            "kept_weights": kept if self.keeper.kept_weights is not None else None,
             "keeper": self.keeper.state(),
             "plateau": plateau_state(self.plateau),
             "budget": self.budget.state() if self.budget is not None else None,
         })
         safeio.write_json_atomic(self.folder / "state.json", state, indent=1)
         for child in self.folder.iterdir():
-            if child.name not in ("state.json", weights, best):
+            if child.name not in ("state.json", weights, kept):
                 child.unlink(missing_ok=True)
 
 
@@ -626,7 +643,8 @@ def train(
     (the caller's ``model_config`` is not changed). ``on_start(model, device)`` is called once
     the model is built, ``on_batch(step, steps, logs)`` after every training batch,
     ``on_epoch(row)`` after every epoch; ``callbacks`` are extra Keras callbacks, run after
-    ours. The weights of the best epoch by ``train_config.monitor`` are the ones saved.
+    ours. The weights saved are those of the best epoch by ``train_config.monitor``, or with
+    ``train_config.keep == "last"`` those of the last finished one.
     ``on_data(balance)`` is called once the split is made, with the photos per class
     (:class:`ClassBalance`). ``tensorboard`` is a folder for Keras' TensorBoard logs
     (ValueError at once, before any work, when TensorFlow or TensorBoard is not installed).
@@ -640,7 +658,7 @@ def train(
     With ``resume``, the run interrupted in ``out``'s checkpoint is continued with the
     configuration it was started with (``model_config`` and ``train_config`` are ignored).
     Ctrl-C (KeyboardInterrupt) during training returns a result with ``interrupted=True``
-    after saving the best epoch so far.
+    after saving the kept epoch so far.
 
     With several workers (``TF_CONFIG``, see catsdogs.distribute) only the chief locks and
     writes ``out``.
@@ -720,7 +738,7 @@ def _train(data: Path, out: Path, model_config: ModelConfig, train_config: Train
                             build.checked)
             run.started = started
             fit(run, hooks, out)
-            if run.keeper.best_weights is None:
+            if run.keeper.kept_weights is None:
                 build.discard()  # interrupted before the first epoch ended: nothing to save
             else:
                 model_folder.write_model_folder(build.path, float32_model(run), model_info(run),
@@ -814,7 +832,8 @@ def make_callbacks(run: Run, hooks: Hooks) -> list[Any]:
     """Ours (best epoch, plateau, checkpoint, batch progress), then the caller's. Loads the
     interrupted run's state into them when resuming."""
     config = run.train_config
-    run.keeper = BestEpoch(hooks.on_epoch, config.monitor, config.patience, run.model)
+    run.keeper = BestEpoch(hooks.on_epoch, config.monitor, config.patience, run.model,
+                           config.keep)
     plateau = None
     if config.lr_schedule == "plateau":
         plateau = Plateau(monitor=config.monitor, factor=0.2, patience=3,
@@ -851,7 +870,7 @@ def make_callbacks(run: Run, hooks: Hooks) -> list[Any]:
 
 
 def fit(run: Run, hooks: Hooks, out: Path) -> None:
-    """Build the model on the chosen device, then fit it; the best epoch's weights are in
+    """Build the model on the chosen device, then fit it; the kept epoch's weights are in
     ``run.model`` afterwards."""
     train_batches, val_batches, steps_per_epoch = make_batches(run)
     run.steps_per_epoch = steps_per_epoch
@@ -925,7 +944,7 @@ def start_fine_tuning(run: Run) -> None:
 
 
 def fine_tune(run: Run, train_batches: Any, val_batches: Any, callbacks: Sequence[Any]) -> bool:
-    """The second stage of a backbone run: from the best epoch of the frozen stage, train the
+    """The second stage of a backbone run: from the kept epoch of the frozen stage, train the
     top of the backbone too, at ``fine_tune_learning_rate``, for ``fine_tune_epochs``.
     True when interrupted."""
     config = run.train_config
@@ -972,6 +991,8 @@ def model_info(run: Run) -> dict[str, Any]:
         "best_epoch": keeper.best_epoch,
         "monitor": run.train_config.monitor,
         "best": keeper.best_row,
+        "kept_epoch": keeper.kept_epoch,  # whose weights were saved (--keep)
+        "kept": keeper.kept_row,
         "epochs_run": len(keeper.rows),
         "interrupted": run.interrupted,
         "num_train": int(len(run.split.train)),
@@ -1016,7 +1037,10 @@ def train_result(run: Run, out: Path, seconds: float) -> TrainResult:
         num_validation=int(len(run.split.validation)),
         monitor=run.train_config.monitor,
         interrupted=run.interrupted,
-        saved=keeper.best_weights is not None,
+        saved=keeper.kept_weights is not None,
+        keep=run.train_config.keep,
+        kept_epoch=keeper.kept_epoch,
+        kept=keeper.kept_row,
         stopped_early=keeper.stopped_early,
         resumed_from=run.initial_epoch,
         checkpoint=run.partial if run.interrupted and run.partial.exists() else None,
@@ -1036,14 +1060,15 @@ def train_result(run: Run, out: Path, seconds: float) -> TrainResult:
 def restore_checkpoint(folder: Path, state: dict[str, Any], trainer: Any, keeper: BestEpoch,
                        plateau: Any) -> None:
     """Load weights and optimizer state (step count, so the schedule's position, and the
-    learning rate), the history and best epoch so far, and the plateau counters."""
+    learning rate), the history, the best and kept epochs so far, and the plateau counters."""
     optimizer = trainer.optimizer
     optimizer.build(trainer.trainable_variables)
     load_training_state(trainer, folder / state["weights"])
-    best_weights = None
-    if state.get("best_weights"):
-        with np.load(folder / state["best_weights"], allow_pickle=False) as stored:
-            best_weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
-    keeper.load_state(state["keeper"], best_weights)
+    kept_weights = None
+    kept_file = state.get("kept_weights", state.get("best_weights"))  # the latter before --keep
+    if kept_file:
+        with np.load(folder / kept_file, allow_pickle=False) as stored:
+            kept_weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    keeper.load_state(state["keeper"], kept_weights)
     if plateau is not None and state.get("plateau"):
         plateau.resume_state = state["plateau"]

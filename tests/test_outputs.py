@@ -262,8 +262,8 @@ def test_a_crash_between_the_weights_and_state_json_leaves_a_resumable_checkpoin
         train(prepared, out, model_config, config)
     assert model_config == ModelConfig(**TINY)  # the caller's config is not changed
     # Every checkpoint file went through the atomic writer, the weights before state.json.
-    assert written[:3] == ["training-00001.npz", "best-00001.npz", "state.json"]
-    assert written[3:] == ["training-00002.npz", "best-00002.npz"] or \
+    assert written[:3] == ["training-00001.npz", "kept-00001.npz", "state.json"]
+    assert written[3:] == ["training-00002.npz", "kept-00002.npz"] or \
         written[3:] == ["training-00002.npz"]
     partial = checkpoint_folder(out)
     state = read_checkpoint(partial)
