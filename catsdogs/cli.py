@@ -278,16 +278,16 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     With no options this is the default recipe: 5 blocks with batch normalization,
     augmentation, AdamW with a cosine schedule and label smoothing, 150 epochs (at most
     18 minutes: on a slower machine the schedule is fitted to the epochs that fit). The
-    weights of the best epoch by --monitor (--keep last: of the last epoch) are saved to
-    --out as model.keras, with model.json, history.csv and curves.png. Ctrl-C stops after
-    saving that epoch so far; --resume continues from the last finished epoch. --config
-    FILE reads the settings from a TOML recipe; --print-config prints one.
+    weights of the last epoch (--keep best, or --patience: of the best epoch by --monitor)
+    are saved to --out as model.keras, with model.json, history.csv and curves.png. Ctrl-C
+    stops after saving that epoch so far; --resume continues from the last finished
+    epoch. --config FILE reads the settings from a TOML recipe; --print-config prints one.
 
     \b
     Example:
         catsdogs train                                   # the default recipe
-        catsdogs train --epochs 60 --patience 10
-        catsdogs train --keep last --validation-split 0.1
+        catsdogs train --epochs 60 --patience 10         # keeps the best epoch
+        catsdogs train --keep best --monitor val_accuracy
         catsdogs train --blocks 1 --filters 10 --kernel-size 5 --dense 0 \\
             --no-augment --dropout 0                     # the classic article's model
         catsdogs train --config article --epochs 30

@@ -23,7 +23,7 @@ CHANNELS = (1, 3)
 HEADS = ("auto", "flatten", "gap")
 LR_SCHEDULES = ("constant", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
-KEEPS = ("best", "last")
+KEEPS = ("auto", "best", "last")
 DEVICES = ("auto", "cpu")
 PRECISIONS = ("auto", "mixed", "bfloat16", "float32")
 JIT_COMPILE = ("auto", "on", "off")
@@ -431,13 +431,13 @@ class TrainConfig:
     monitor: str = setting("val_loss", "Validation metric that picks the best epoch.",
                            choices=MONITORS, commands=("train",))
     keep: str = setting(
-        "best", "The epoch whose weights are saved. best: the best by --monitor; last: the "
-        "last finished one, where the learning-rate schedule ends, whose validation "
-        "figures are then a fair estimate (no epoch was chosen on them).", choices=KEEPS,
-        commands=("train",))
+        "auto", "The epoch whose weights are saved. last: the last finished one, where the "
+        "learning-rate schedule ends, whose validation figures are then a fair estimate (no "
+        "epoch was chosen on them); best: the best by --monitor; auto: last, or best with "
+        "--patience.", choices=KEEPS, commands=("train",))
     patience: int = setting(
-        0, "Stop after this many epochs without a better --monitor (with --keep best); 0 "
-        "never stops.", min=0, max=10_000, commands=("train",))
+        0, "Stop after this many epochs without a better --monitor, and keep the best epoch "
+        "(not with --keep last); 0 never stops.", min=0, max=10_000, commands=("train",))
     device: str = setting("auto", "auto: a GPU when there is one; cpu: the CPU even then.",
                           choices=DEVICES, commands=("train",))
     precision: str = setting(
@@ -480,6 +480,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def resolved_keep(self) -> str:
+        """``keep`` with "auto" resolved: the best epoch when --patience stops training
+        early, else the last one."""
+        if self.keep != "auto":
+            return self.keep
+        return "best" if self.patience else "last"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -788,9 +788,11 @@ def start_run(data: Path, dataset: PreparedDataset, model_config: ModelConfig,
                                        channels=dataset.channels,
                                        num_classes=len(dataset.classes))
     model_config.validate()
-    # "auto" resolved, so that model.json and a checkpoint say the scale this run used
+    # "auto" resolved, so that model.json and a checkpoint say the scale and the epoch kept
+    # that this run used
     train_config = dataclasses.replace(
-        train_config, train_scale=train_config.resolved_train_scale(model_config))
+        train_config, train_scale=train_config.resolved_train_scale(model_config),
+        keep=train_config.resolved_keep)
     train_size = train_config.train_size(model_config)  # ValueError when the blocks do not fit
     if train_config.fine_tune_epochs and model_config.backbone == "none":
         raise ValueError("--fine-tune-epochs fine-tunes a pretrained backbone: use it with "

@@ -63,12 +63,12 @@ def test_the_moving_average_is_validated_and_saved(prepared, tmp_path):
     out = tmp_path / "m"
     result = train(prepared, out, ModelConfig(**TINY), tiny_train(epochs=3, ema=0.9),
                    callbacks=[capture])
-    best = result.best_epoch - 1
+    kept = result.kept_epoch - 1
     saved = keras.saving.load_model(out / "model.keras")
     saved_weights = [v.numpy() for v in saved.trainable_variables]
     # At the end of an epoch the model holds the average (what was validated, kept and
     # saved); the trained weights wait in the optimizer until the next epoch.
-    for stored, captured in zip(saved_weights, capture.model_weights[best], strict=True):
+    for stored, captured in zip(saved_weights, capture.model_weights[kept], strict=True):
         np.testing.assert_allclose(stored, captured, rtol=1e-6)
     assert any(not np.allclose(a, b) for a, b in
                zip(capture.model_weights[0], capture.other[0], strict=True))

@@ -83,6 +83,13 @@ def test_patience_needs_keep_best(runner, prepared, tmp_path):
     assert not out.exists()
 
 
+def test_auto_keeps_the_last_epoch_unless_patience_stops_early():
+    assert TrainConfig().keep == "auto" and TrainConfig().resolved_keep == "last"
+    assert TrainConfig(patience=5).resolved_keep == "best"
+    assert TrainConfig(keep="best").resolved_keep == "best"
+    assert TrainConfig(keep="last").resolved_keep == "last"
+
+
 def test_keep_from_an_older_model_json_means_best():
     assert TrainConfig.from_dict({"epochs": 3}).keep == "best"
     assert TrainConfig.from_dict({"epochs": 3, "keep": "last"}).keep == "last"
@@ -130,7 +137,8 @@ def test_a_checkpoint_from_before_keep_is_resumed_keeping_the_best(prepared, tmp
     """A run interrupted by an older catsdogs: its state.json names ``best_weights`` and
     its training settings have no ``keep``."""
     out = tmp_path / "m"
-    train(prepared, out, ModelConfig(**TINY), tiny_train(), callbacks=[InterruptAfter(2)])
+    train(prepared, out, ModelConfig(**TINY), tiny_train(keep="best"),
+          callbacks=[InterruptAfter(2)])
     partial = checkpoint_folder(out)
     state = read_checkpoint(partial)
     kept = state.pop("kept_weights")
@@ -145,11 +153,20 @@ def test_a_checkpoint_from_before_keep_is_resumed_keeping_the_best(prepared, tmp
 
 @pytest.mark.slow
 def test_train_says_which_epoch_it_kept(runner, prepared, tmp_path):
+    """By default (auto, no --patience) the last epoch; model.json says "last", resolved."""
     out = tmp_path / "m"
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
-                                 *TINY_MODEL, *TINY_TRAIN, "--keep", "last"])
+                                 *TINY_MODEL, *TINY_TRAIN])
     assert_clean_exit(result, 0)
-    best = json.loads((out / "model.json").read_text())["best_epoch"]
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["keep"] == "last" and info["kept_epoch"] == 4
+    best = info["best_epoch"]
     line = next(line for line in result.output.splitlines() if line.startswith("Kept"))
     assert line.startswith("Kept the last epoch, 4 (--keep last): val_accuracy ")
     assert line.endswith(f"; the best by val_loss was epoch {best}")
+    again = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
+                                *TINY_MODEL, *TINY_TRAIN, "--keep", "best", "--force"])
+    assert_clean_exit(again, 0)
+    best = json.loads((out / "model.json").read_text())["best_epoch"]
+    assert f"\nBest epoch {best} by val_loss: val_accuracy " in again.output
+    assert "Kept the last" not in again.output

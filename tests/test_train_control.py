@@ -135,6 +135,7 @@ def test_early_stopping_and_best_by_accuracy(prepared, tmp_path):
     result = train(prepared, tmp_path / "m", ModelConfig(**TINY),
                    tiny_train(epochs=30, monitor="val_accuracy", patience=2))
     assert result.stopped_early and result.epochs_run == result.best_epoch + 2 < 30
+    assert result.keep == "best" and result.kept_epoch == result.best_epoch  # auto, patience
     best = max(row["val_accuracy"] for row in result.history)
     assert result.best["val_accuracy"] == best
     # The first epoch reaching the best accuracy is the one kept (later ties are not better).
@@ -152,7 +153,8 @@ def test_model_folder_has_curves_and_no_random_layers(runner, prepared, tmp_path
                                  "--device", "cpu", "--mixup", "0.4"])
     assert result.exit_code == 0, result.output
     assert "Training on CPU (--device cpu)." in result.output
-    assert "Best epoch" in result.output and "by val_loss" in result.output
+    assert "Kept the last epoch, 2 (--keep last)" in result.output
+    assert "; the best by val_loss was epoch " in result.output
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2] and history["learning_rate"].iloc[1] > 0
