@@ -351,12 +351,21 @@ class BestEpoch(import_keras().callbacks.Callback):
         self.best_value = float("inf")
         self.best_epoch = 0
         self.best_row: dict[str, Any] = {}
-        self.kept_epoch = 0  # the epoch whose weights are kept: the best one, or the last
-        self.kept_row: dict[str, Any] = {}
-        self.kept_weights: list[np.ndarray] | None = None
+        self.kept_weights: list[np.ndarray] | None = None  # the best epoch's, or the last's
         self.epoch_started = 0.0
         self.stopped_early = False
         self.stage_start = 0  # patience counts from here too (the fine-tuning stage's start)
+
+    @property
+    def kept_row(self) -> dict[str, Any]:
+        """The metrics of the epoch whose weights are kept: the best one, or the last."""
+        if self.keep == "last":
+            return self.rows[-1] if self.rows else {}
+        return self.best_row
+
+    @property
+    def kept_epoch(self) -> int:
+        return int(self.kept_row.get("epoch", 0))
 
     @property
     def target(self) -> Any:
@@ -384,8 +393,6 @@ class BestEpoch(import_keras().callbacks.Callback):
             self.best_epoch = epoch + 1
             self.best_row = dict(row)
         if row["best"] or self.keep == "last":
-            self.kept_epoch = epoch + 1
-            self.kept_row = dict(row)
             self.kept_weights = self.target.get_weights()
         self.rows.append(row)
         if self.report is not None:
@@ -401,17 +408,13 @@ class BestEpoch(import_keras().callbacks.Callback):
 
     def state(self) -> dict[str, Any]:
         return {"rows": self.rows, "best_value": self.best_value, "best_epoch": self.best_epoch,
-                "best_row": self.best_row, "kept_epoch": self.kept_epoch,
-                "kept_row": self.kept_row}
+                "best_row": self.best_row}
 
     def load_state(self, state: dict[str, Any], kept_weights: list[np.ndarray] | None) -> None:
         self.rows = list(state["rows"])
         self.best_value = float(state["best_value"])
         self.best_epoch = int(state["best_epoch"])
         self.best_row = dict(state["best_row"])
-        # A checkpoint from before --keep kept the best epoch.
-        self.kept_epoch = int(state.get("kept_epoch", self.best_epoch))
-        self.kept_row = dict(state.get("kept_row", self.best_row))
         self.kept_weights = kept_weights
 
 

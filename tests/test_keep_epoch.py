@@ -65,9 +65,11 @@ def test_keeper_state_round_trips_and_reads_a_checkpoint_from_before_keep():
     again = BestEpoch(keep="last")
     again.load_state(json.loads(json.dumps(keeper.state())), [np.zeros(1)])
     assert (again.best_epoch, again.kept_epoch, again.kept_row) == (2, 3, keeper.kept_row)
-    old = {key: value for key, value in keeper.state().items() if not key.startswith("kept")}
-    again.load_state(old, None)  # such a checkpoint kept the best epoch
-    assert again.kept_epoch == 2 and again.kept_row == keeper.best_row
+    # A checkpoint from before --keep has no keep in its settings: read as best
+    # (TRAINING_ABSENT_MEANS), its keeper keeps the best epoch.
+    old = BestEpoch(keep=TrainConfig.from_dict({}).keep)
+    old.load_state(json.loads(json.dumps(keeper.state())), None)
+    assert old.kept_epoch == 2 and old.kept_row == keeper.best_row
 
 
 def test_patience_needs_keep_best(runner, prepared, tmp_path):
@@ -126,7 +128,7 @@ def test_keep_last_is_resumed(prepared, tmp_path):
           callbacks=[InterruptAfter(2)])
     partial = checkpoint_folder(out)
     state = read_checkpoint(partial)
-    assert state["kept_weights"] == "kept-00002.npz" and state["keeper"]["kept_epoch"] == 2
+    assert state["kept_weights"] == "kept-00002.npz" and state["keeper"]["rows"][-1]["epoch"] == 2
     assert json.loads((out / "model.json").read_text())["kept_epoch"] == 2
     resumed = train(prepared, out, ModelConfig(**TINY), TrainConfig(), resume=True)
     assert resumed.keep == "last" and resumed.kept_epoch == 4 and resumed.resumed_from == 2
@@ -144,7 +146,7 @@ def test_a_checkpoint_from_before_keep_is_resumed_keeping_the_best(prepared, tmp
     kept = state.pop("kept_weights")
     (partial / kept).rename(partial / kept.replace("kept-", "best-"))
     state["best_weights"] = kept.replace("kept-", "best-")
-    del state["training"]["keep"], state["keeper"]["kept_epoch"], state["keeper"]["kept_row"]
+    del state["training"]["keep"]
     (partial / "state.json").write_text(json.dumps(state))
     resumed = train(prepared, out, ModelConfig(**TINY), TrainConfig(), resume=True)
     assert resumed.keep == "best" and resumed.kept_epoch == resumed.best_epoch
