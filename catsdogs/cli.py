@@ -15,9 +15,16 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.config import DEFAULT_TIME_LIMIT, TrainConfig, format_duration
+from catsdogs.config import DEFAULT_TIME_LIMIT
 from catsdogs.options import configs_from, setting_options
 from catsdogs.recipe import ignored_settings, recipe_text
+from catsdogs.train_output import (
+    TrainProgress,
+    planned_epochs,
+    report_balance,
+    report_training,
+    resume_banner,
+)
 from catsdogs.tta import TTA_DEFAULT
 
 DEFAULT_DATA = "prepared"
@@ -305,16 +312,7 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     if print_config:
         click.echo(recipe_text("train", model_config, train_config), nl=False)
         return
-    if model_config.backbone == "none":
-        from click.core import ParameterSource
-
-        for name in ("weights", "fine_tune_layers", "fine_tune_learning_rate"):
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
-                click.echo(f"note: --{name.replace('_', '-')} is only used with --backbone",
-                           err=True)
-    for key, value, path in ignored_settings(ctx):
-        click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
-                   "prepared dataset", err=True)
+    note_unused_settings(ctx, model_config.backbone)
     if train_config.device == "cpu":
         from catsdogs.backend import hide_gpus
 
@@ -345,6 +343,21 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
                     default_epochs=progress.requested if time_limit else 0)
 
 
+def note_unused_settings(ctx: click.Context, backbone: str) -> None:
+    """Say (on stderr) which given settings this run does not use: the backbone options
+    without --backbone, and a recipe's settings that train takes from the prepared dataset."""
+    if backbone == "none":
+        from click.core import ParameterSource
+
+        for name in ("weights", "fine_tune_layers", "fine_tune_learning_rate"):
+            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+                click.echo(f"note: --{name.replace('_', '-')} is only used with --backbone",
+                           err=True)
+    for key, value, path in ignored_settings(ctx):
+        click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
+                   "prepared dataset", err=True)
+
+
 def default_length(ctx: click.Context, model_config: Any) -> bool:
     """Whether the run's length is the default one, which keeps to ``DEFAULT_TIME_LIMIT``:
     neither --epochs nor --budget given (on the command line or by a --config recipe), on one
@@ -355,183 +368,6 @@ def default_length(ctx: click.Context, model_config: Any) -> bool:
     chosen = any(ctx.get_parameter_source(name).name != "DEFAULT"
                  for name in ("epochs", "budget"))
     return not chosen and model_config.backbone == "none" and read_tf_config() is None
-
-
-class TrainProgress:
-    """What ``train`` prints while it runs: the summary, a bar per epoch, a line per epoch.
-
-    The bar is drawn only on a terminal; piped or redirected, one line per epoch.
-    """
-
-    def __init__(self, total_epochs: int, budget: float = 0.0, time_limit: bool = False
-                 ) -> None:
-        import sys
-
-        self.total_epochs = total_epochs
-        self.terminal = sys.stdout.isatty()
-        self.fine_tune_from = 0  # the first epoch of a backbone's fine-tuning stage
-        self.budget = budget
-        self.time_limit = time_limit  # the default length's limit, not a --budget
-        self.requested = total_epochs
-        self.planned = 0
-        self.timed = 0  # epochs timed so far
-
-    def on_plan(self, epochs: int, epoch_seconds: float) -> None:
-        """--budget: say how many epochs it allows, once, when the first epoch is timed.
-        The default length's time limit: say so only if it cuts the epochs, by the time of
-        the second epoch (the first includes the set-up)."""
-        self.timed += 1
-        if self.time_limit:
-            if not self.planned and self.timed >= 2 and epochs < self.requested:
-                click.echo(time_limit_line(self.requested, epochs, epoch_seconds))
-                self.planned = epochs
-            if self.planned:
-                self.total_epochs = epochs
-            return
-        if not self.planned:
-            click.echo(budget_line(self.budget, epochs, epoch_seconds, "allows"))
-        self.planned = self.total_epochs = epochs
-
-    def on_start(self, model: Any, device_name: str) -> None:
-        from catsdogs.backend import training_hint
-        from catsdogs.model import summary_lines
-
-        for line in summary_lines(model):
-            click.echo(line)
-        click.echo(f"Training on {device_name}.")
-        if hint := training_hint(device_name):  # an NVIDIA driver, but no GPU in use
-            click.echo(hint, err=True)
-
-    def on_batch(self, step: int, steps: int, logs: dict[str, float]) -> None:
-        width = 30
-        done = int(width * step / steps) if steps else width
-        click.echo(f"\r  [{'=' * done}{'.' * (width - done)}] {step}/{steps}"
-                   f"  loss {logs.get('loss', float('nan')):.4f}"
-                   f"  accuracy {logs.get('accuracy', float('nan')):.4f}", nl=False)
-
-    def on_epoch(self, row: dict[str, Any]) -> None:
-        import sys
-
-        self.clear()
-        if row["epoch"] == self.fine_tune_from:
-            click.echo("Fine-tuning: the top of the backbone is trained too from here, at "
-                       "--fine-tune-learning-rate.")
-        click.echo(
-            f"epoch {row['epoch']:>3}/{self.total_epochs}"
-            f"  loss {row.get('loss', float('nan')):.4f}"
-            f"  accuracy {row.get('accuracy', float('nan')):.4f}"
-            f"  val_loss {row.get('val_loss', float('nan')):.4f}"
-            f"  val_accuracy {row.get('val_accuracy', float('nan')):.4f}"
-            f"  {row['seconds']:.1f}s{'  *' if row.get('best') else ''}"
-        )
-        sys.stdout.flush()  # one line per epoch, as it happens, also into a pipe or a file
-
-    def clear(self) -> None:
-        """Rub out the progress bar (on a terminal)."""
-        if self.terminal:
-            click.echo("\r\033[K", nl=False)
-
-
-def budget_line(budget: float, epochs: int, epoch_seconds: float, verb: str) -> str:
-    """``The 5m budget allows 37 epochs (7.9 s each).``"""
-    name = f"{format_duration(budget)} " if budget else ""  # a resumed run's own budget
-    return (f"The {name}budget {verb} {epochs} epoch"
-            f"{'s' if epochs != 1 else ''} ({epoch_seconds:.1f} s each).")
-
-
-def time_limit_line(requested: int, epochs: int, epoch_seconds: float) -> str:
-    """``The default 150 epochs take longer than 18m here: 97 fit (11.8 s each), ...``"""
-    return (f"The default {requested} epochs take longer than "
-            f"{format_duration(DEFAULT_TIME_LIMIT)} here: {epochs} fit "
-            f"({epoch_seconds:.1f} s each), and the learning-rate schedule is fitted to "
-            f"them; --epochs {requested} trains them all.")
-
-
-def resume_banner(out: Path) -> tuple[int, bool]:
-    """Say which run ``--resume`` continues; return its number of epochs, and whether they
-    are the default length under its time limit (as far as the checkpoint tells: the
-    default epochs with a budget of ``DEFAULT_TIME_LIMIT``)."""
-    from catsdogs.train import checkpoint_folder, read_checkpoint
-
-    state = read_checkpoint(checkpoint_folder(out))
-    click.echo(f"Resuming the interrupted run after epoch {state['epochs_done']} "
-               f"(its options are used).")
-    training = state["training"]
-    backbone = state["model"].get("backbone", "none")
-    epochs = planned_epochs(backbone, int(training["epochs"]),
-                            int(training.get("fine_tune_epochs", 0)))
-    time_limit = (backbone == "none" and epochs == TrainConfig().epochs
-                  and float(training.get("budget", 0)) == DEFAULT_TIME_LIMIT)
-    return epochs, time_limit
-
-
-def planned_epochs(backbone: str, epochs: int, fine_tune_epochs: int) -> int:
-    """The epochs a run has: a backbone's fine-tuning epochs come after --epochs."""
-    return epochs + (fine_tune_epochs if backbone != "none" else 0)
-
-
-def report_balance(balance: Any) -> None:
-    """Say how the training photos are spread over the classes when it matters: class
-    weights in use, or one class with at least 1.5x the photos of another."""
-    if balance.weights is not None:
-        weights = ", ".join(f"{name} {value:.2f}" for name, value in balance.weights.items())
-        click.echo(f"Class weights (balanced): {weights}")
-    elif balance.imbalanced:
-        click.echo(f"note: {balance.largest} has {balance.ratio:.1f}x the training photos of "
-                   f"{balance.smallest} ({balance.counts[balance.largest]:,} vs "
-                   f"{balance.counts[balance.smallest]:,}); --class-weight balanced makes "
-                   "each class count the same")
-
-
-def report_training(result: Any, data: Path, out: Path, patience: int,
-                    default_epochs: int = 0) -> None:
-    """The end of ``train``: the kept epoch, where the model is, exit 130 if interrupted."""
-    if result.interrupted:
-        click.echo(f"Interrupted after {result.epochs_run} finished epoch(s).", err=True)
-    if not result.saved:
-        click.echo("No epoch finished: nothing saved.", err=True)
-        raise SystemExit(130)
-    if result.stopped_early:
-        click.echo(f"Stopped early: no better {result.monitor} for {patience} epochs.")
-    click.echo(kept_line(result))
-    if default_epochs:  # the default length, which keeps to DEFAULT_TIME_LIMIT
-        if result.budget_epochs < default_epochs:
-            click.echo(f"The {format_duration(DEFAULT_TIME_LIMIT)} limit of the default "
-                       f"length allowed {result.budget_epochs} of its {default_epochs} epochs.")
-    elif result.budget:
-        click.echo(budget_line(result.budget, result.budget_epochs, result.epoch_seconds,
-                               "allowed"))
-    if result.worker_index == 0:
-        click.echo(f"Saved model to {out} (model.keras, model.json, history.csv, curves.png)")
-        from catsdogs.export import skipped_note
-
-        if note := skipped_note(out):  # e.g. no ONNX exporter on this backend
-            click.echo(note)
-    else:  # multi-worker training: only the chief (worker 0) writes --out
-        click.echo(f"Worker {result.worker_index} of {result.num_workers} done; the chief "
-                   "(worker 0) saved the model, nothing was written here.")
-    if result.interrupted:
-        if result.checkpoint is not None:
-            click.echo(f"The model so far is in {out}. Continue training with: "
-                       f"catsdogs train --data {data} --out {out} --resume", err=True)
-        raise SystemExit(130)
-
-
-def kept_line(result: Any) -> str:
-    """Which epoch was saved and its validation figures, e.g. "Best epoch 12 by val_loss:
-    val_accuracy 0.9000, val_loss 0.3000 (1,600 training photos, 400 validation, 95 s)"."""
-    sizes = ("", "")
-    if result.train_size != result.image_size:  # --train-scale
-        sizes = (f" at {result.train_size} px", f" at {result.image_size} px")
-    kept = result.kept
-    photos = (f"({result.num_train:,} training photos{sizes[0]}, {result.num_validation:,} "
-              f"validation{sizes[1]}, {result.seconds:.0f} s)")
-    figures = (f"val_accuracy {kept.get('val_accuracy', 0):.4f}, "
-               f"val_loss {kept.get('val_loss', 0):.4f} {photos}")
-    if result.keep == "best":
-        return f"Best epoch {result.kept_epoch} by {result.monitor}: {figures}"
-    return (f"Kept the last epoch, {result.kept_epoch} (--keep last): {figures}; the best by "
-            f"{result.monitor} was epoch {result.best_epoch}")
 
 
 ENGINE_HELP = ("onnx: model.onnx with onnxruntime (fast start, no TensorFlow); keras: "
