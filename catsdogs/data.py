@@ -13,9 +13,11 @@ keras = import_keras()
 
 
 def stratified_split(
-    labels: np.ndarray, validation_split: float, seed: int
+    labels: np.ndarray, validation_split: float, seed: int,
+    class_names: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, validation indices): the same share of every class, reproducibly."""
+    """(train indices, validation indices): the same share of every class, reproducibly.
+    ``class_names[label]`` names a class in the error for one too small to split."""
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation split must be between 0 and 1, got {validation_split}")
     rng = np.random.default_rng(seed)
@@ -24,9 +26,11 @@ def stratified_split(
         members = rng.permutation(np.flatnonzero(labels == label))
         count = int(round(len(members) * validation_split))
         if count == 0 or count == len(members):
+            name = class_names[label] if class_names else f"class {label}"
             raise ValueError(
-                f"class {label} has {len(members)} photos: too few to split "
-                f"{validation_split:.0%} of them off for validation"
+                f"{name} has {len(members)} training photo{'s' if len(members) != 1 else ''}: "
+                f"too few to split {validation_split:g} of them off for validation "
+                "(--validation-split); add photos or change the split"
             )
         val_parts.append(members[:count])
         train_parts.append(members[count:])

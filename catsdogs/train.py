@@ -217,7 +217,8 @@ def split_rows(dataset: PreparedDataset, config: TrainConfig) -> Split:
 
     rows = dataset.training_rows()
     labels = dataset.manifest["label"].to_numpy()[rows]
-    train_local, val_local = stratified_split(labels, config.validation_split, config.seed)
+    train_local, val_local = stratified_split(labels, config.validation_split, config.seed,
+                                              dataset.classes)
     return Split(rows[train_local], rows[val_local])
 
 

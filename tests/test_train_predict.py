@@ -10,7 +10,7 @@ import pytest
 
 from catsdogs.cli import cli
 from catsdogs.predict import Predictor
-from tests.helpers import TINY_MODEL, TINY_TRAIN, assert_clean_exit
+from tests.helpers import TINY_MODEL, TINY_TRAIN, assert_clean_exit, write_photos
 
 
 def test_model_folder_contents(trained_model):
@@ -80,6 +80,25 @@ def test_train_errors(runner, tmp_path):
     for bad in (["--epochs", "-1"], ["--validation-split", "1.5"], ["--validation-split", "0"]):
         result = runner.invoke(cli, ["train", "--data", str(tmp_path), *bad])
         assert result.exit_code == 2, (bad, result.output)
+
+
+def test_a_class_too_small_for_the_default_validation_split(runner, tmp_path):
+    """Five dogs: the default 10% rounds to no validation photo. One line naming the class
+    and the option, exit 1, nothing written; 0.2 leaves one dog to validate on and trains."""
+    write_photos(tmp_path / "photos" / "cats", "cat", 12, seed=1)
+    write_photos(tmp_path / "photos" / "dogs", "dog", 5, seed=2)
+    data, out = tmp_path / "prepared", tmp_path / "model"
+    assert runner.invoke(cli, ["prepare", str(tmp_path / "photos"), "--out", str(data),
+                               "--size", "24"]).exit_code == 0
+    args = ["train", "--data", str(data), "--out", str(out), *TINY_MODEL, *TINY_TRAIN]
+    result = runner.invoke(cli, args)
+    assert_clean_exit(result, 1, "Error: dogs has 5 training photos: too few to split 0.1 of "
+                                 "them off for validation (--validation-split); add photos or "
+                                 "change the split")
+    assert not out.exists()
+    result = runner.invoke(cli, [*args, "--validation-split", "0.2", "--epochs", "1"])
+    assert_clean_exit(result, 0)
+    assert json.loads((out / "model.json").read_text())["num_validation"] == 2 + 1
 
 
 def test_predict_missing_model_folder(runner, tmp_path, unseen_photos):
