@@ -266,7 +266,7 @@ def test_two_workers_on_loopback(prepared, tmp_path, runner, unseen_photos):
 
     info = json.loads((out / "model.json").read_text())
     assert info["distribution"]["workers"] == 2 and info["distribution"]["global_batch_size"] == 8
-    assert info["num_train"] == 20  # all training photos, shared by the two workers
+    assert info["num_train"] == 22  # all training photos, shared by the two workers
     # Only the chief wrote: the model folder and nothing beside it (no lock file, no hidden
     # half-written copy); the other worker's scratch folder is gone.
     assert sorted(p.name for p in models.iterdir()) == ["model"]
@@ -346,7 +346,7 @@ def test_mirrored_strategy_over_two_devices(prepared, tmp_path, runner, unseen_p
 def test_jax_data_parallel_over_two_devices(prepared, tmp_path, runner, unseen_photos):
     pytest.importorskip("jax")
     out = tmp_path / "model"
-    # 20 training photos in global batches of 6: the last batch is padded to split evenly.
+    # 22 training photos in global batches of 6: the last batch is padded to split evenly.
     args = ["train", "--data", str(prepared), "--out", str(out), *TINY_MODEL,
             "--epochs", "1", "--batch-size", "3"]
     result = run_script(JAX_SCRIPT, args, tmp_path)

@@ -129,7 +129,7 @@ def test_train_on_smaller_crops_then_validate_save_and_predict_at_full_size(
                                  "--blocks", "2", "--filters", "4", "--head", "gap",
                                  *TINY_TRAIN])
     assert result.exit_code == 0, result.output
-    assert " training photos at 19 px, 4 validation at 24 px, " in result.output
+    assert " training photos at 19 px, 2 validation at 24 px, " in result.output
     info = json.loads((out / "model.json").read_text())
     assert (info["image_size"], info["train_size"]) == (24, 19)
     assert info["training"]["train_scale"] == 0.8  # "auto" resolved, as the run used it
