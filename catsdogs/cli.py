@@ -284,11 +284,12 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
 
     With no options this is the default recipe: 5 blocks with batch normalization,
     augmentation, AdamW with a cosine schedule and label smoothing, 150 epochs (at most
-    18 minutes: on a slower machine the schedule is fitted to the epochs that fit). The
-    weights of the last epoch (--keep best, or --patience: of the best epoch by --monitor)
-    are saved to --out as model.keras, with model.json, history.csv and curves.png. Ctrl-C
-    stops after saving that epoch so far; --resume continues from the last finished
-    epoch. --config FILE reads the settings from a TOML recipe; --print-config prints one.
+    18 minutes: on a slower machine the schedule is fitted to the epochs that fit),
+    validating on 10% of the photos (--validation-split). The weights of the last epoch
+    (--keep best, or --patience: of the best epoch by --monitor) are saved to --out as
+    model.keras, with model.json, history.csv and curves.png. Ctrl-C stops after saving
+    that epoch so far; --resume continues from the last finished epoch. --config FILE
+    reads the settings from a TOML recipe; --print-config prints one.
 
     \b
     Example:
