@@ -13,8 +13,7 @@ keras = import_keras()
 
 
 def stratified_split(
-    labels: np.ndarray, validation_split: float, seed: int,
-    class_names: list[str] | None = None,
+    labels: np.ndarray, validation_split: float, seed: int, class_names: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, validation indices): the same share of every class, reproducibly.
     ``class_names[label]`` names a class in the error for one too small to split."""
@@ -26,9 +25,9 @@ def stratified_split(
         members = rng.permutation(np.flatnonzero(labels == label))
         count = int(round(len(members) * validation_split))
         if count == 0 or count == len(members):
-            name = class_names[label] if class_names else f"class {label}"
             raise ValueError(
-                f"{name} has {len(members)} training photo{'s' if len(members) != 1 else ''}: "
+                f"{class_names[label]} has {len(members)} training "
+                f"photo{'s' if len(members) != 1 else ''}: "
                 f"too few to split {validation_split:g} of them off for validation "
                 "(--validation-split); add photos or change the split"
             )
