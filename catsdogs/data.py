@@ -15,25 +15,33 @@ keras = import_keras()
 def stratified_split(
     labels: np.ndarray, validation_split: float, seed: int, class_names: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, validation indices): the same share of every class, reproducibly.
-    ``class_names[label]`` names a class in the error for one too small to split."""
+    """(train indices, validation indices): the same share of every class, reproducibly,
+    and at least one photo of each class on either side (a small class validates on one
+    photo where its share rounds to none). ``class_names[label]`` names a class in the
+    error for one too small to split."""
     if not 0.0 < validation_split < 1.0:
         raise ValueError(f"validation split must be between 0 and 1, got {validation_split}")
     rng = np.random.default_rng(seed)
     train_parts, val_parts = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        count = int(round(len(members) * validation_split))
-        if count == 0 or count == len(members):
-            raise ValueError(
-                f"{class_names[label]} has {len(members)} training "
-                f"photo{'s' if len(members) != 1 else ''}: "
-                f"too few to split {validation_split:g} of them off for validation "
-                "(--validation-split); add photos or change the split"
-            )
+        count = max(1, int(round(len(members) * validation_split)))
+        if count >= len(members):
+            raise ValueError(too_few_to_split(class_names[label], len(members),
+                                              validation_split))
         val_parts.append(members[:count])
         train_parts.append(members[count:])
     return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+
+
+def too_few_to_split(name: str, count: int, validation_split: float) -> str:
+    """The error for a class that cannot both train and validate."""
+    if count == 1:
+        return (f"{name} has 1 training photo: a class needs at least 2, one to train on and "
+                "one to validate on; add photos")
+    return (f"{name} has {count} training photos: too few to split {validation_split:g} of "
+            "them off for validation and keep one to train on (--validation-split); add "
+            "photos or lower the split")
 
 
 class ImageBatches(keras.utils.PyDataset):

@@ -82,23 +82,40 @@ def test_train_errors(runner, tmp_path):
         assert result.exit_code == 2, (bad, result.output)
 
 
-def test_a_class_too_small_for_the_default_validation_split(runner, tmp_path):
-    """Five dogs: the default 10% rounds to no validation photo. One line naming the class
-    and the option, exit 1, nothing written; 0.2 leaves one dog to validate on and trains."""
+def test_a_small_class_validates_on_one_photo(runner, tmp_path):
+    """Five dogs: the default 10% rounds to no validation photo, so one dog validates (and
+    four train); the twelve cats' 10% is one photo too."""
     write_photos(tmp_path / "photos" / "cats", "cat", 12, seed=1)
     write_photos(tmp_path / "photos" / "dogs", "dog", 5, seed=2)
     data, out = tmp_path / "prepared", tmp_path / "model"
     assert runner.invoke(cli, ["prepare", str(tmp_path / "photos"), "--out", str(data),
                                "--size", "24"]).exit_code == 0
-    args = ["train", "--data", str(data), "--out", str(out), *TINY_MODEL, *TINY_TRAIN]
-    result = runner.invoke(cli, args)
-    assert_clean_exit(result, 1, "Error: dogs has 5 training photos: too few to split 0.1 of "
-                                 "them off for validation (--validation-split); add photos or "
-                                 "change the split")
-    assert not out.exists()
-    result = runner.invoke(cli, [*args, "--validation-split", "0.2", "--epochs", "1"])
+    result = runner.invoke(cli, ["train", "--data", str(data), "--out", str(out), *TINY_MODEL,
+                                 *TINY_TRAIN, "--epochs", "1"])
     assert_clean_exit(result, 0)
-    assert json.loads((out / "model.json").read_text())["num_validation"] == 2 + 1
+    info = json.loads((out / "model.json").read_text())
+    assert (info["num_train"], info["num_validation"]) == (11 + 4, 1 + 1)
+
+
+@pytest.mark.parametrize("dogs, split, message", [
+    (1, "0.1", "Error: dogs has 1 training photo: a class needs at least 2, one to train on "
+               "and one to validate on; add photos"),
+    (3, "0.9", "Error: dogs has 3 training photos: too few to split 0.9 of them off for "
+               "validation and keep one to train on (--validation-split); add photos or lower "
+               "the split"),
+])
+def test_a_class_too_small_to_split(runner, tmp_path, dogs, split, message):
+    """A class that cannot keep a photo on each side: one line naming the class (and the
+    option, where a lower split would do), exit 1, nothing written."""
+    write_photos(tmp_path / "photos" / "cats", "cat", 40, seed=1)
+    write_photos(tmp_path / "photos" / "dogs", "dog", dogs, seed=2)
+    data, out = tmp_path / "prepared", tmp_path / "model"
+    assert runner.invoke(cli, ["prepare", str(tmp_path / "photos"), "--out", str(data),
+                               "--size", "24"]).exit_code == 0
+    result = runner.invoke(cli, ["train", "--data", str(data), "--out", str(out), *TINY_MODEL,
+                                 *TINY_TRAIN, "--validation-split", split])
+    assert_clean_exit(result, 1, message)
+    assert not out.exists()
 
 
 def test_predict_missing_model_folder(runner, tmp_path, unseen_photos):
