@@ -15,10 +15,11 @@ from typing import Any
 import click
 
 from catsdogs import __version__
-from catsdogs.config import DEFAULT_TIME_LIMIT
+from catsdogs.config import DEFAULT_TIME_LIMIT, ModelConfig, TrainConfig
 from catsdogs.options import configs_from, setting_options
 from catsdogs.recipe import ignored_settings, recipe_text
 from catsdogs.train_output import (
+    ResumedRun,
     TrainProgress,
     planned_epochs,
     report_balance,
@@ -31,6 +32,18 @@ DEFAULT_DATA = "prepared"
 DEFAULT_MODEL = "model"
 PREPARE_SIZE = 160  # train --train-scale's 0.8 trains on 128 px crops of them
 SAMPLE_SIZE = 64  # the built-in sample's photos are at most 80 px
+
+
+def help_with_defaults(command: Any) -> Any:
+    """Write the default recipe's blocks, epochs, time limit and validation share into a
+    command's help ({blocks}, {epochs}, {minutes}, {validation}) from their one source,
+    config.py."""
+    defaults = TrainConfig()
+    command.__doc__ = command.__doc__.format(blocks=ModelConfig().blocks,
+                                             epochs=defaults.epochs,
+                                             minutes=DEFAULT_TIME_LIMIT / 60,
+                                             validation=defaults.validation_split)
+    return command
 
 
 def ensure_standard_streams() -> None:
@@ -278,14 +291,15 @@ def summary(print_config: bool, **settings: Any) -> None:
                    "rate) under this folder; view them with 'tensorboard --logdir DIR'. "
                    "Needs TensorFlow and the tensorboard package.")
 @click.pass_context
+@help_with_defaults
 def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
           tensorboard: Path | None, print_config: bool, **settings: Any) -> None:
     """Build the model, print its parameter summary, and train it on a prepared dataset.
 
-    With no options this is the default recipe: 5 blocks with batch normalization,
-    augmentation, AdamW with a cosine schedule and label smoothing, 150 epochs (at most
-    18 minutes: on a slower machine the schedule is fitted to the epochs that fit),
-    validating on 10% of the photos (--validation-split). The weights of the last epoch
+    With no options this is the default recipe: {blocks} blocks with batch normalization,
+    augmentation, AdamW with a cosine schedule and label smoothing, {epochs} epochs (at most
+    {minutes:g} minutes: on a slower machine the schedule is fitted to the epochs that fit),
+    validating on {validation:.0%} of the photos (--validation-split). The weights of the last epoch
     (--keep best, or --patience: of the best epoch by --monitor) are saved to --out as
     model.keras, with model.json, history.csv and curves.png. Ctrl-C stops after saving
     that epoch so far; --resume continues from the last finished epoch. --config FILE
@@ -321,17 +335,19 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     if train_config.budget and ctx.get_parameter_source("epochs").name == "DEFAULT":
         # --budget alone: the time decides the epochs
         train_config = dataclasses.replace(train_config, epochs=10_000)
-    time_limit = not resume and default_length(ctx, model_config)
+    time_limit = DEFAULT_TIME_LIMIT if not resume and default_length(ctx, model_config) else 0.0
     if time_limit:
-        train_config = dataclasses.replace(train_config, budget=DEFAULT_TIME_LIMIT)
+        train_config = dataclasses.replace(train_config, budget=time_limit)
     progress = TrainProgress(planned_epochs(model_config.backbone, train_config.epochs,
                                             train_config.fine_tune_epochs), train_config.budget,
                              time_limit=time_limit)
     if model_config.backbone != "none" and train_config.fine_tune_epochs:
         progress.fine_tune_from = train_config.epochs + 1
     if resume:
-        progress.total_epochs, time_limit = resume_banner(out)
-        progress.requested, progress.time_limit = progress.total_epochs, time_limit
+        resumed = resume_banner(out)
+        time_limit = resumed_time_limit(resumed)
+        progress.total_epochs = progress.requested = resumed.epochs
+        progress.time_limit = time_limit
     from catsdogs.train import train as train_model  # loads Keras: after hide_gpus
 
     result = train_model(data, out, model_config, train_config, force=force, resume=resume,
@@ -340,8 +356,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
                          on_data=report_balance, tensorboard=tensorboard,
                          on_plan=progress.on_plan, started=started)
     progress.clear()
-    report_training(result, data, out, train_config.patience,
-                    default_epochs=progress.requested if time_limit else 0)
+    report_training(result, data, out, train_config.patience, time_limit=time_limit,
+                    default_epochs=progress.requested)
 
 
 def note_unused_settings(ctx: click.Context, backbone: str) -> None:
@@ -369,6 +385,15 @@ def default_length(ctx: click.Context, model_config: Any) -> bool:
     chosen = any(ctx.get_parameter_source(name).name != "DEFAULT"
                  for name in ("epochs", "budget"))
     return not chosen and model_config.backbone == "none" and read_tf_config() is None
+
+
+def resumed_time_limit(run: ResumedRun) -> float:
+    """The time limit (seconds) of an interrupted run of the default length, 0 for any other
+    run. The checkpoint tells it by the run's length: the default epochs, no backbone, and
+    ``DEFAULT_TIME_LIMIT`` as its budget."""
+    default = (run.backbone == "none" and run.epochs == TrainConfig().epochs
+               and run.budget == DEFAULT_TIME_LIMIT)
+    return run.budget if default else 0.0
 
 
 ENGINE_HELP = ("onnx: model.onnx with onnxruntime (fast start, no TensorFlow); keras: "

@@ -7,11 +7,11 @@ the core (catsdogs.train) with these as its callbacks.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
-from catsdogs.config import DEFAULT_TIME_LIMIT, TrainConfig, format_duration
+from catsdogs.config import format_duration
 
 
 class TrainProgress:
@@ -20,7 +20,7 @@ class TrainProgress:
     The bar is drawn only on a terminal; piped or redirected, one line per epoch.
     """
 
-    def __init__(self, total_epochs: int, budget: float = 0.0, time_limit: bool = False
+    def __init__(self, total_epochs: int, budget: float = 0.0, time_limit: float = 0.0
                  ) -> None:
         import sys
 
@@ -28,7 +28,7 @@ class TrainProgress:
         self.terminal = sys.stdout.isatty()
         self.fine_tune_from = 0  # the first epoch of a backbone's fine-tuning stage
         self.budget = budget
-        self.time_limit = time_limit  # the default length's limit, not a --budget
+        self.time_limit = time_limit  # seconds: the default length's limit, not a --budget
         self.requested = total_epochs
         self.planned = 0
         self.timed = 0  # epochs timed so far
@@ -40,7 +40,8 @@ class TrainProgress:
         self.timed += 1
         if self.time_limit:
             if not self.planned and self.timed >= 2 and epochs < self.requested:
-                click.echo(time_limit_line(self.requested, epochs, epoch_seconds))
+                click.echo(time_limit_line(self.time_limit, self.requested, epochs,
+                                           epoch_seconds))
                 self.planned = epochs
             if self.planned:
                 self.total_epochs = epochs
@@ -96,18 +97,25 @@ def budget_line(budget: float, epochs: int, epoch_seconds: float, verb: str) -> 
             f"{'s' if epochs != 1 else ''} ({epoch_seconds:.1f} s each).")
 
 
-def time_limit_line(requested: int, epochs: int, epoch_seconds: float) -> str:
+def time_limit_line(time_limit: float, requested: int, epochs: int, epoch_seconds: float
+                    ) -> str:
     """``The default 150 epochs take longer than 18m here: 97 fit (11.8 s each), ...``"""
     return (f"The default {requested} epochs take longer than "
-            f"{format_duration(DEFAULT_TIME_LIMIT)} here: {epochs} fit "
+            f"{format_duration(time_limit)} here: {epochs} fit "
             f"({epoch_seconds:.1f} s each), and the learning-rate schedule is fitted to "
             f"them; --epochs {requested} trains them all.")
 
 
-def resume_banner(out: Path) -> tuple[int, bool]:
-    """Say which run ``--resume`` continues; return its number of epochs, and whether they
-    are the default length under its time limit (as far as the checkpoint tells: the
-    default epochs with a budget of ``DEFAULT_TIME_LIMIT``)."""
+class ResumedRun(NamedTuple):
+    """What the checkpoint of an interrupted run says of its length."""
+
+    epochs: int  # all its epochs, a backbone's fine-tuning ones included
+    budget: float  # seconds; 0 for none
+    backbone: str
+
+
+def resume_banner(out: Path) -> ResumedRun:
+    """Say which run ``--resume`` continues, and return its length."""
     from catsdogs.train import checkpoint_folder, read_checkpoint
 
     state = read_checkpoint(checkpoint_folder(out))
@@ -117,9 +125,7 @@ def resume_banner(out: Path) -> tuple[int, bool]:
     backbone = state["model"].get("backbone", "none")
     epochs = planned_epochs(backbone, int(training["epochs"]),
                             int(training.get("fine_tune_epochs", 0)))
-    time_limit = (backbone == "none" and epochs == TrainConfig().epochs
-                  and float(training.get("budget", 0)) == DEFAULT_TIME_LIMIT)
-    return epochs, time_limit
+    return ResumedRun(epochs, float(training.get("budget", 0)), backbone)
 
 
 def planned_epochs(backbone: str, epochs: int, fine_tune_epochs: int) -> int:
@@ -141,8 +147,9 @@ def report_balance(balance: Any) -> None:
 
 
 def report_training(result: Any, data: Path, out: Path, patience: int,
-                    default_epochs: int = 0) -> None:
-    """The end of ``train``: the kept epoch, where the model is, exit 130 if interrupted."""
+                    time_limit: float = 0.0, default_epochs: int = 0) -> None:
+    """The end of ``train``: the kept epoch, where the model is, exit 130 if interrupted.
+    ``time_limit``: the default length's limit (seconds) over its ``default_epochs``."""
     if result.interrupted:
         click.echo(f"Interrupted after {result.epochs_run} finished epoch(s).", err=True)
     if not result.saved:
@@ -151,9 +158,9 @@ def report_training(result: Any, data: Path, out: Path, patience: int,
     if result.stopped_early:
         click.echo(f"Stopped early: no better {result.monitor} for {patience} epochs.")
     click.echo(kept_line(result))
-    if default_epochs:  # the default length, which keeps to DEFAULT_TIME_LIMIT
+    if time_limit:
         if result.budget_epochs < default_epochs:
-            click.echo(f"The {format_duration(DEFAULT_TIME_LIMIT)} limit of the default "
+            click.echo(f"The {format_duration(time_limit)} limit of the default "
                        f"length allowed {result.budget_epochs} of its {default_epochs} epochs.")
     elif result.budget:
         click.echo(budget_line(result.budget, result.budget_epochs, result.epoch_seconds,

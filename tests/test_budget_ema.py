@@ -11,7 +11,7 @@ import pytest
 
 from catsdogs.backend import keras as import_keras
 from catsdogs.cli import cli
-from catsdogs.config import ModelConfig, TrainConfig
+from catsdogs.config import DEFAULT_TIME_LIMIT, ModelConfig, TrainConfig
 from catsdogs.train import budget_rate, checkpoint_folder, read_checkpoint, train
 from tests.helpers import TINY_MODEL, assert_clean_exit
 from tests.test_train_control import InterruptAfter
@@ -122,10 +122,8 @@ def test_the_default_length_keeps_to_its_time_limit(runner, prepared, tmp_path, 
     """No --epochs and no --budget: the default epochs (DEFAULT_EPOCHS) stop at
     DEFAULT_TIME_LIMIT (8 s here) with the schedule fitted to the epochs that fit, and say so."""
     from catsdogs import cli as cli_module
-    from catsdogs import train_output
 
-    for module in (cli_module, train_output):  # the limit it applies, and the one it prints
-        monkeypatch.setattr(module, "DEFAULT_TIME_LIMIT", 8.0)
+    monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 8.0)
     out = tmp_path / "m"
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
                                  *TINY_MODEL, "--batch-size", "4", "--learning-rate", "0.01",
@@ -154,10 +152,8 @@ def test_a_resumed_default_length_run_keeps_its_time_limit_wording(runner, prepa
     """A default-length run, interrupted and resumed, still speaks of the default length's
     limit, not of a budget nobody gave."""
     from catsdogs import cli as cli_module
-    from catsdogs import train_output
 
-    for module in (cli_module, train_output):  # the limit it applies, and the one it prints
-        monkeypatch.setattr(module, "DEFAULT_TIME_LIMIT", 8.0)
+    monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 8.0)
     out = tmp_path / "m"
     first = train(prepared, out, ModelConfig(**TINY),
                   tiny_train(epochs=DEFAULT_EPOCHS, budget=8.0),
@@ -172,15 +168,28 @@ def test_a_resumed_default_length_run_keeps_its_time_limit_wording(runner, prepa
                      rf"{DEFAULT_EPOCHS} epochs\.$", result.output, re.MULTILINE), result.output
 
 
+@pytest.mark.parametrize("epochs, budget, backbone, limited", [
+    (DEFAULT_EPOCHS, DEFAULT_TIME_LIMIT, "none", True),  # the default length
+    (DEFAULT_EPOCHS, 300.0, "none", False),  # --budget 5m
+    (DEFAULT_EPOCHS - 1, DEFAULT_TIME_LIMIT, "none", False),  # --epochs 149 --budget 18m
+    (DEFAULT_EPOCHS, DEFAULT_TIME_LIMIT, "mobilenet_v3_small", False),  # backbones: no limit
+])
+def test_a_resumed_run_keeps_the_time_limit_only_if_it_was_the_default_length(
+        epochs, budget, backbone, limited):
+    from catsdogs.cli import resumed_time_limit
+    from catsdogs.train_output import ResumedRun
+
+    limit = resumed_time_limit(ResumedRun(epochs, budget, backbone))
+    assert limit == (DEFAULT_TIME_LIMIT if limited else 0.0)
+
+
 @pytest.mark.parametrize("length", [["--epochs", "2"], ["--config", "RECIPE"]])
 def test_a_chosen_length_has_no_time_limit(runner, prepared, tmp_path, monkeypatch, length):
     """--epochs, or a recipe that sets the epochs, chooses the length: no time limit, even
     one so short that it would cut the run."""
     from catsdogs import cli as cli_module
-    from catsdogs import train_output
 
-    for module in (cli_module, train_output):  # the limit it applies, and the one it prints
-        monkeypatch.setattr(module, "DEFAULT_TIME_LIMIT", 0.5)
+    monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 0.5)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text("epochs = 2\n")
     length = [str(recipe) if part == "RECIPE" else part for part in length]

@@ -122,3 +122,18 @@ def test_readme_keeps_the_ci_test_command():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert ci[0] in readme
     assert 'python -m pytest -m "not slow"' in readme
+
+
+def test_train_help_states_the_defaults_from_their_one_source(runner):
+    """train --help names the default blocks, epochs, time limit and validation share:
+    from config.py, so a change of default changes the help too."""
+    from catsdogs.config import DEFAULT_TIME_LIMIT, ModelConfig, TrainConfig
+
+    result = runner.invoke(cli, ["train", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    defaults = TrainConfig()
+    assert f"the default recipe: {ModelConfig().blocks} blocks with batch" in text, text
+    assert (f"{defaults.epochs} epochs (at most {DEFAULT_TIME_LIMIT / 60:g} minutes"
+            in text), text
+    assert f"validating on {defaults.validation_split:.0%} of the photos" in text, text
