@@ -855,15 +855,15 @@ def make_callbacks(run: Run, hooks: Hooks) -> list[Any]:
     run.checkpoint_static = static
     # The average goes into the model first, so that every later callback sees it.
     ours: list[Any] = [SwapAverage(resumed=run.state is not None)] if config.ema > 0 else []
-    ours.append(run.keeper)
-    if plateau is not None:
-        ours.append(plateau)
-    if config.budget > 0:
+    if config.budget > 0:  # before the keeper: an epoch's line counts against the new plan
         stored = (run.state or {}).get("budget") or {}
         run.budget = Budget(config, run.steps_per_epoch,
                             float(stored.get("seconds_left", config.budget)), run.started,
                             int(stored.get("planned", 0)), hooks.on_plan)
         ours.append(run.budget)
+    ours.append(run.keeper)
+    if plateau is not None:
+        ours.append(plateau)
     ours.append(Checkpoint(run.partial, run.keeper, static, plateau, run.budget))
     if hooks.on_batch is not None:
         ours.append(BatchProgress(hooks.on_batch))

@@ -91,6 +91,24 @@ def test_budget_with_epochs_whichever_ends_first_and_schedule_ends(runner, prepa
     assert info["training"]["budget"] == 3600 and info["training"]["epochs"] == 3
 
 
+def test_budget_alone_says_its_plan_before_the_first_epoch_line(runner, prepared, tmp_path):
+    """--budget without --epochs: the plan is said when the first epoch ends, before that
+    epoch's line, and every epoch line counts against the plan of its time (never against
+    the uncapped 10,000 epochs)."""
+    out = tmp_path / "m"
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
+                                 *TINY_MODEL, "--batch-size", "4", "--budget", "4s"])
+    assert_clean_exit(result, 0)
+    lines = result.output.splitlines()
+    plan = next(i for i, line in enumerate(lines) if line.startswith("The 4s budget allows"))
+    planned = int(re.match(r"The 4s budget allows (\d+) epochs?", lines[plan]).group(1))
+    assert lines[plan + 1].startswith(f"epoch   1/{planned}  loss"), lines
+    totals = [int(m.group(1)) for line in lines if (m := re.match(r"epoch +\d+/(\d+)", line))]
+    assert totals and max(totals) < 10_000, lines
+    ran = len(pd.read_csv(out / "history.csv"))
+    assert re.search(rf"^The 4s budget allowed {ran} epochs? ", result.output, re.MULTILINE)
+
+
 @pytest.mark.slow
 def test_budget_stops_in_time_with_the_schedule_at_its_end(prepared, tmp_path):
     plans: list[tuple[int, float]] = []
