@@ -40,6 +40,7 @@ class TrainProgress:
         self.timed += 1
         if self.time_limit:
             if not self.planned and self.timed >= 2 and epochs < self.requested:
+                self.clear()  # the plan comes before the epoch's line: rub out its bar
                 click.echo(time_limit_line(self.time_limit, self.requested, epochs,
                                            epoch_seconds))
                 self.planned = epochs
@@ -47,6 +48,7 @@ class TrainProgress:
                 self.total_epochs = epochs
             return
         if not self.planned:
+            self.clear()
             click.echo(budget_line(self.budget, epochs, epoch_seconds, "allows"))
         self.planned = self.total_epochs = epochs
 

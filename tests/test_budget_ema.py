@@ -109,6 +109,29 @@ def test_budget_alone_says_its_plan_before_the_first_epoch_line(runner, prepared
     assert re.search(rf"^The 4s budget allowed {ran} epochs? ", result.output, re.MULTILINE)
 
 
+@pytest.mark.parametrize("time_limit, line", [
+    (0.0, "The 5m budget allows 25 epochs (11.3 s each)."),
+    (300.0, "The default 150 epochs take longer than 5m here: 25 fit (11.3 s each)"),
+])
+def test_a_plan_on_a_terminal_rubs_out_the_progress_bar_first(capsys, monkeypatch,
+                                                              time_limit, line):
+    """The plan is said before the epoch's line, while the epoch's progress bar is still
+    drawn: on a terminal it rubs the bar out first, as the epoch's line does."""
+    import click.utils
+
+    from catsdogs.train_output import TrainProgress
+
+    monkeypatch.setattr(click.utils, "should_strip_ansi", lambda *args: False)  # a terminal
+
+    progress = TrainProgress(150, budget=300.0, time_limit=time_limit)
+    progress.terminal = True
+    for _ in range(2):  # a time limit is said from the second epoch on
+        progress.on_batch(45, 45, {"loss": 0.5, "accuracy": 0.8})
+        progress.on_plan(25, 11.3)
+    output = capsys.readouterr().out
+    assert f"45/45  loss 0.5000  accuracy 0.8000\r\033[K{line}" in output, repr(output)
+
+
 @pytest.mark.slow
 def test_budget_stops_in_time_with_the_schedule_at_its_end(prepared, tmp_path):
     plans: list[tuple[int, float]] = []
