@@ -34,16 +34,19 @@ PREPARE_SIZE = 160  # train --train-scale's 0.8 trains on 128 px crops of them
 SAMPLE_SIZE = 64  # the built-in sample's photos are at most 80 px
 
 
-def help_with_defaults(command: Any) -> Any:
-    """Write the default recipe's blocks, epochs, time limit and validation share into a
-    command's help ({blocks}, {epochs}, {minutes}, {validation}) from their one source,
-    config.py."""
-    defaults = TrainConfig()
-    command.__doc__ = command.__doc__.format(blocks=ModelConfig().blocks,
-                                             epochs=defaults.epochs,
-                                             minutes=DEFAULT_TIME_LIMIT / 60,
-                                             validation=defaults.validation_split)
-    return command
+def help_with(**values: Any) -> Callable[[Any], Any]:
+    """Write ``values`` into a command's help (``{name}`` in its docstring), so that a
+    default the help names comes from its one source."""
+    def decorate(command: Any) -> Any:
+        command.__doc__ = command.__doc__.format(**values)
+        return command
+    return decorate
+
+
+# The default recipe's blocks, epochs, time limit and validation share, from config.py.
+help_with_defaults = help_with(blocks=ModelConfig().blocks, epochs=TrainConfig().epochs,
+                               minutes=DEFAULT_TIME_LIMIT / 60,
+                               validation=TrainConfig().validation_split)
 
 
 def ensure_standard_streams() -> None:
@@ -120,6 +123,7 @@ def sample_folder() -> Path:
 
 
 @cli.command()
+@help_with(sample_size=SAMPLE_SIZE)
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               show_default=True, help="Folder to write the prepared dataset to.")
@@ -135,7 +139,8 @@ def sample_folder() -> Path:
                    "grayscale networks such as --config mnist or lenet.")
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Share of photos set aside as a test split "
-                                      "(stratified, seeded); train never sees them.")
+                                      "(stratified, seeded; at least one of each class); "
+                                      "train never sees them.")
 @click.option("--seed", type=int, default=1337, show_default=True,
               help="Seed for the test split.")
 @click.option("--force", is_flag=True, help="Replace a different prepared dataset in --out.")
@@ -151,7 +156,7 @@ def prepare(source: Path | None, out: Path, size: int | None, policy: str, color
 
     SOURCE holds one sub-folder per class (cats/, dogs/; any names) or Kaggle-style
     files named cat.1.jpg, dog.1.jpg. Without SOURCE, the built-in sample of 800
-    small photos is used, at 64 px (train it with --config demo). The source folder
+    small photos is used, at {sample_size} px (train it with --config demo). The source folder
     is never written to. Files that are not usable photos are listed with a reason
     in skipped.csv.
 

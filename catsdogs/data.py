@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from catsdogs.backend import keras as import_keras
+from data_prep import split
 
 keras = import_keras()
 
@@ -15,23 +16,14 @@ keras = import_keras()
 def stratified_split(
     labels: np.ndarray, validation_split: float, seed: int, class_names: list[str]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, validation indices): the same share of every class, reproducibly,
-    and at least one photo of each class on either side (a small class validates on one
-    photo where its share rounds to none). ``class_names[label]`` names a class in the
-    error for one too small to split."""
-    if not 0.0 < validation_split < 1.0:
-        raise ValueError(f"validation split must be between 0 and 1, got {validation_split}")
-    rng = np.random.default_rng(seed)
-    train_parts, val_parts = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        count = max(1, int(round(len(members) * validation_split)))
-        if count >= len(members):
-            raise ValueError(too_few_to_split(class_names[label], len(members),
-                                              validation_split))
-        val_parts.append(members[:count])
-        train_parts.append(members[count:])
-    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+    """(train indices, validation indices): :func:`data_prep.split.stratified_split`, the
+    rule ``prepare --test-fraction`` also follows. ``class_names[label]`` names a class in
+    the error for one too small to split."""
+    try:
+        return split.stratified_split(labels, validation_split, seed)
+    except split.ClassTooSmall as small:
+        raise ValueError(too_few_to_split(class_names[small.label], small.count,
+                                          validation_split)) from None
 
 
 def too_few_to_split(name: str, count: int, validation_split: float) -> str:

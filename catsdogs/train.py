@@ -474,16 +474,20 @@ class Checkpoint(import_keras().callbacks.Callback):
         done = epoch + 1
         weights = f"training-{done:05d}.npz"
         save_training_state(self.model, self.folder / weights)
-        kept = f"kept-{self.keeper.kept_epoch:05d}.npz"
-        if not (self.folder / kept).exists() and self.keeper.kept_weights is not None:
-            save_arrays(self.folder / kept, self.keeper.kept_weights)
+        # The best epoch's weights need a file of their own; the last epoch's are the
+        # model's in the training state just written.
+        kept = None
+        if self.keeper.keep == "best" and self.keeper.kept_weights is not None:
+            kept = f"kept-{self.keeper.kept_epoch:05d}.npz"
+            if not (self.folder / kept).exists():
+                save_arrays(self.folder / kept, self.keeper.kept_weights)
         failpoints.failpoint(failpoints.CHECKPOINT_WEIGHTS)
         state = dict(self.static)
         state.update({
             "format": CHECKPOINT_FORMAT,
             "epochs_done": done,
             "weights": weights,
-            "kept_weights": kept if self.keeper.kept_weights is not None else None,
+            "kept_weights": kept,  # None: the training state's (--keep last), or none yet
             "keeper": self.keeper.state(),
             "plateau": plateau_state(self.plateau),
             "budget": self.budget.state() if self.budget is not None else None,
@@ -1075,6 +1079,8 @@ def restore_checkpoint(folder: Path, state: dict[str, Any], trainer: Any, keeper
     if kept_file:
         with np.load(folder / kept_file, allow_pickle=False) as stored:
             kept_weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    elif keeper.keep == "last" and state["keeper"]["rows"]:
+        kept_weights = keeper.target.get_weights()  # the last epoch's, just loaded
     keeper.load_state(state["keeper"], kept_weights)
     if plateau is not None and state.get("plateau"):
         plateau.resume_state = state["plateau"]

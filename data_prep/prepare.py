@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from data_prep import failpoints, safeio, store
+from data_prep import failpoints, safeio, split, store
 from data_prep.discover import Discovery, discover, printable
 from data_prep.images import (
     CHANNELS,
@@ -326,16 +326,31 @@ def plan_duplicates(files: list[tuple[Path, str]], digests: list[bytes | None]
     return skip
 
 
-def split_column(labels: np.ndarray, test_fraction: float, seed: int) -> list[str]:
-    """A stratified, seeded 'train'/'test' marking of ``labels``."""
-    split = np.array([store.TRAIN_SPLIT] * len(labels), dtype=object)
+def split_column(labels: np.ndarray, test_fraction: float, seed: int,
+                 classes: list[str]) -> list[str]:
+    """The 'train'/'test' marking of ``labels`` (indices into ``classes``): ``test_fraction``
+    of every class held out by :func:`data_prep.split.stratified_split`, the rule that
+    ``train --validation-split`` also follows; all 'train' for 0."""
+    marks = np.array([store.TRAIN_SPLIT] * len(labels), dtype=object)
     if test_fraction > 0:
-        rng = np.random.default_rng(seed)
-        for label in np.unique(labels):
-            members = np.flatnonzero(labels == label)
-            count = int(round(len(members) * test_fraction))
-            split[rng.permutation(members)[:count]] = store.TEST_SPLIT
-    return list(split)
+        try:
+            _, test = split.stratified_split(labels, test_fraction, seed)
+        except split.ClassTooSmall as small:
+            raise ValueError(too_few_to_test(classes[small.label], small.count,
+                                             test_fraction)) from None
+        marks[test] = store.TEST_SPLIT
+    return list(marks)
+
+
+def too_few_to_test(name: str, count: int, test_fraction: float) -> str:
+    """The error for a class that cannot give test photos and keep training ones."""
+    if count == 1:
+        return (f"{name} has 1 usable photo: holding photos out for testing (--test-fraction) "
+                "needs at least 2 in each class, one to test on and one to train on; add "
+                "photos or leave out --test-fraction")
+    return (f"{name} has {count} usable photos: too few to hold {test_fraction:g} of them out "
+            "for testing and keep one to train on (--test-fraction); add photos or lower "
+            "the fraction")
 
 
 def rewrite_npy_header(path: Path, shape: tuple[int, ...], header_length: int) -> None:
@@ -577,13 +592,13 @@ def _write(tmp: Path, rows: list[tuple[str, str, int, int]], skipped: list[Skip]
            options: Options) -> PrepareResult:
     label_of = {name: i for i, name in enumerate(classes)}
     labels = np.array([label_of[label] for _, label, _, _ in rows])
-    split = split_column(labels, options.test_fraction, options.seed)
-    manifest = ((index, path, label_of[name], name, width, height, split[index])
+    marks = split_column(labels, options.test_fraction, options.seed, classes)
+    manifest = ((index, path, label_of[name], name, width, height, marks[index])
                 for index, (path, name, width, height) in enumerate(rows))
     counts = dict.fromkeys(classes, 0)
     for _, name, _, _ in rows:
         counts[name] += 1
-    result = PrepareResult(tmp, classes, counts, skipped, test_count=split.count(store.TEST_SPLIT))
+    result = PrepareResult(tmp, classes, counts, skipped, test_count=marks.count(store.TEST_SPLIT))
     info = {
         "format": store.FORMAT,
         "image_size": size,

@@ -137,3 +137,17 @@ def test_train_help_states_the_defaults_from_their_one_source(runner):
     assert (f"{defaults.epochs} epochs (at most {DEFAULT_TIME_LIMIT / 60:g} minutes"
             in text), text
     assert f"validating on {defaults.validation_split:.0%} of the photos" in text, text
+
+
+def test_prepare_help_states_the_sample_and_worker_figures_as_the_code_has_them(runner):
+    """prepare --help names the built-in sample's size and photo count, and the photos per
+    decoding worker: each as the code that uses it has it."""
+    from catsdogs.cli import SAMPLE_SIZE, sample_folder
+    from data_prep.prepare import PHOTOS_PER_WORKER
+
+    result = runner.invoke(cli, ["prepare", "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    photos = sum(1 for path in sample_folder().rglob("*.jpg"))
+    assert f"the built-in sample of {photos} small photos is used, at {SAMPLE_SIZE} px" in text
+    assert f"one per {PHOTOS_PER_WORKER} photos at most" in text, text

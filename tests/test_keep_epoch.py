@@ -121,17 +121,47 @@ def test_keep_last_saves_the_last_epoch(prepared, tmp_path):
     assert info["best"]["val_loss"] == min(row["val_loss"] for row in result.history)
 
 
+class InterruptAtFirstBatch(keras.callbacks.Callback):
+    """Ctrl-C in the first batch: no epoch of this run ends."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        raise KeyboardInterrupt
+
+
 @pytest.mark.slow
-def test_keep_last_is_resumed(prepared, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_keep_last_is_resumed_from_the_training_state(prepared, tmp_path, ema):
+    """With --keep last the checkpoint writes no second copy of the kept weights: they are
+    the model's in the training state. A resumed run takes them from there, so one stopped
+    before its first epoch ends saves the checkpoint's epoch (with --ema: its average)."""
     out = tmp_path / "m"
-    train(prepared, out, ModelConfig(**TINY), tiny_train(keep="last"),
+    train(prepared, out, ModelConfig(**TINY), tiny_train(keep="last", ema=ema),
           callbacks=[InterruptAfter(2)])
     partial = checkpoint_folder(out)
     state = read_checkpoint(partial)
-    assert state["kept_weights"] == "kept-00002.npz" and state["keeper"]["rows"][-1]["epoch"] == 2
+    assert state["kept_weights"] is None and state["keeper"]["rows"][-1]["epoch"] == 2
+    assert sorted(path.name for path in partial.iterdir()) == ["state.json",
+                                                              "training-00002.npz"]
+    saved = keras.saving.load_model(out / "model.keras").get_weights()
     assert json.loads((out / "model.json").read_text())["kept_epoch"] == 2
+    again = train(prepared, out, ModelConfig(**TINY), TrainConfig(), resume=True,
+                  callbacks=[InterruptAtFirstBatch()])
+    assert again.kept_epoch == 2 and again.epochs_run == 2
+    for before, after in zip(saved, keras.saving.load_model(out / "model.keras").get_weights(),
+                             strict=True):
+        np.testing.assert_array_equal(before, after)  # with --ema, the average again
     resumed = train(prepared, out, ModelConfig(**TINY), TrainConfig(), resume=True)
     assert resumed.keep == "last" and resumed.kept_epoch == 4 and resumed.resumed_from == 2
+
+
+@pytest.mark.slow
+def test_keep_best_checkpoints_the_best_epochs_weights_apart(prepared, tmp_path):
+    out = tmp_path / "m"
+    result = train(prepared, out, ModelConfig(**TINY), tiny_train(keep="best"),
+                   callbacks=[InterruptAfter(3)])
+    state = read_checkpoint(checkpoint_folder(out))
+    assert state["kept_weights"] == f"kept-{result.best_epoch:05d}.npz"
+    assert (checkpoint_folder(out) / state["kept_weights"]).exists()
 
 
 @pytest.mark.slow

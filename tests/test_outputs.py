@@ -257,7 +257,8 @@ def test_a_crash_between_the_weights_and_state_json_leaves_a_resumable_checkpoin
     monkeypatch.setattr(safeio, "write_atomic", recording_write)
     monkeypatch.setattr(failpoints, "failpoint", crash_at_second_epoch)
     model_config = ModelConfig(**TINY)
-    config = TrainConfig(epochs=3, batch_size=4, learning_rate=0.01, augment=False, seed=7)
+    config = TrainConfig(epochs=3, batch_size=4, learning_rate=0.01, augment=False, seed=7,
+                         keep="best")  # the best epoch's weights are a second file
     with pytest.raises(Crash):
         train(prepared, out, model_config, config)
     assert model_config == ModelConfig(**TINY)  # the caller's config is not changed

@@ -147,6 +147,51 @@ def test_test_fraction_is_stratified_and_seeded(tiny_dataset, tmp_path):
                                                                                "dogs": 3}
 
 
+def test_a_small_class_gives_one_test_photo(tmp_path):
+    """Three dogs: a tenth of them rounds to no photo, so one dog is held out (two train), as
+    train's validation split does with a small class."""
+    write_photos(tmp_path / "photos" / "cats", "cat", 12, seed=1)
+    write_photos(tmp_path / "photos" / "dogs", "dog", 3, seed=2)
+    result = prepare(tmp_path / "photos", tmp_path / "out", size=16, test_fraction=0.1)
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    held = manifest[manifest["split"] == "test"].groupby("class_name").size().to_dict()
+    assert held == {"cats": 1, "dogs": 1} and result.test_count == 2
+
+
+@pytest.mark.parametrize("dogs, fraction, message", [
+    (1, "0.2", "Error: dogs has 1 usable photo: holding photos out for testing "
+               "(--test-fraction) needs at least 2 in each class, one to test on and one to "
+               "train on; add photos or leave out --test-fraction"),
+    (3, "0.9", "Error: dogs has 3 usable photos: too few to hold 0.9 of them out for testing "
+               "and keep one to train on (--test-fraction); add photos or lower the fraction"),
+])
+def test_a_class_too_small_to_hold_test_photos_out(runner, tmp_path, dogs, fraction, message):
+    """A class that cannot give a test photo and keep a training one: one line naming the
+    class, exit 1, and no dataset left at --out. Before, such a class silently had no test
+    photo (1 dog) or no training photo (3 dogs at 0.9)."""
+    write_photos(tmp_path / "photos" / "cats", "cat", 40, seed=1)
+    write_photos(tmp_path / "photos" / "dogs", "dog", dogs, seed=2)
+    out = tmp_path / "prepared"
+    result = runner.invoke(cli, ["prepare", str(tmp_path / "photos"), "--out", str(out),
+                                 "--size", "16", "--test-fraction", fraction])
+    assert_clean_exit(result, 1, message)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+def test_test_photos_and_validation_photos_follow_one_rule(tmp_path):
+    """prepare's --test-fraction and train's --validation-split split the same labels with
+    the same seed and share into the same photos."""
+    from catsdogs.data import stratified_split
+
+    write_photos(tmp_path / "photos" / "cats", "cat", 13, seed=1)
+    write_photos(tmp_path / "photos" / "dogs", "dog", 7, seed=2)
+    prepare(tmp_path / "photos", tmp_path / "out", size=16, test_fraction=0.3, seed=5)
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    _, validation = stratified_split(manifest["label"].to_numpy(), 0.3, 5, ["cats", "dogs"])
+    assert validation.tolist() == np.flatnonzero(manifest["split"] == "test").tolist()
+    assert len(validation) == round(13 * 0.3) + round(7 * 0.3)
+
+
 def test_dataset_rows_split_into_test_and_training(tiny_dataset, tmp_path):
     prepare(tiny_dataset, tmp_path / "split", size=16, test_fraction=0.25)
     dataset = read_dataset(tmp_path / "split")
