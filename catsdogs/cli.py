@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from catsdogs import __version__
-from catsdogs.config import DEFAULT_TIME_LIMIT, ModelConfig, TrainConfig
+from catsdogs import __version__, config
+from catsdogs.config import ModelConfig, TrainConfig, is_time_limited_default
 from catsdogs.options import configs_from, setting_options
 from catsdogs.recipe import ignored_settings, recipe_text
 from catsdogs.train_output import (
@@ -45,7 +45,7 @@ def help_with(**values: Any) -> Callable[[Any], Any]:
 
 # The default recipe's blocks, epochs, time limit and validation share, from config.py.
 help_with_defaults = help_with(blocks=ModelConfig().blocks, epochs=TrainConfig().epochs,
-                               minutes=DEFAULT_TIME_LIMIT / 60,
+                               minutes=config.DEFAULT_TIME_LIMIT / 60,
                                validation=TrainConfig().validation_split)
 
 
@@ -340,7 +340,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
     if train_config.budget and ctx.get_parameter_source("epochs").name == "DEFAULT":
         # --budget alone: the time decides the epochs
         train_config = dataclasses.replace(train_config, epochs=10_000)
-    time_limit = DEFAULT_TIME_LIMIT if not resume and default_length(ctx, model_config) else 0.0
+    limited = not resume and default_length(ctx, model_config)
+    time_limit = config.DEFAULT_TIME_LIMIT if limited else 0.0
     if time_limit:
         train_config = dataclasses.replace(train_config, budget=time_limit)
     progress = TrainProgress(planned_epochs(model_config.backbone, train_config.epochs,
@@ -396,8 +397,7 @@ def resumed_time_limit(run: ResumedRun) -> float:
     """The time limit (seconds) of an interrupted run of the default length, 0 for any other
     run. The checkpoint tells it by the run's length: the default epochs, no backbone, and
     ``DEFAULT_TIME_LIMIT`` as its budget."""
-    default = (run.backbone == "none" and run.epochs == TrainConfig().epochs
-               and run.budget == DEFAULT_TIME_LIMIT)
+    default = run.backbone == "none" and is_time_limited_default(run.epochs, run.budget)
     return run.budget if default else 0.0
 
 

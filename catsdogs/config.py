@@ -59,6 +59,13 @@ DEFAULT_TIME_LIMIT = 18 * 60.0
 TRAIN_AND_SUMMARY = ("train", "summary")
 
 
+def is_time_limited_default(epochs: int, budget: float) -> bool:
+    """Whether a run of ``epochs`` within ``budget`` seconds is the default length under
+    ``DEFAULT_TIME_LIMIT`` (the budget ``train`` sets when neither --epochs nor --budget is
+    given), rather than a budget the user chose."""
+    return epochs == TrainConfig().epochs and budget == DEFAULT_TIME_LIMIT
+
+
 def setting(
     default: Any,
     help: str,
@@ -444,9 +451,10 @@ class TrainConfig:
                           choices=DEVICES, commands=("train",))
     precision: str = setting(
         "auto", "Arithmetic of the training step (the weights and the saved model stay "
-        "float32). auto: mixed on a GPU, float32 on the CPU. mixed: float16. bfloat16: "
-        "faster only on a CPU that has it (catsdogs info: cpu_bfloat16), e.g. with --budget; "
-        "about 2 points lower at the default length in our runs.", choices=PRECISIONS,
+        "float32). auto: mixed on a GPU; on the CPU bfloat16 with --budget where the CPU has "
+        "it (catsdogs info: cpu_bfloat16), else float32. mixed: float16. bfloat16: faster "
+        "only on a CPU that has it; with --budget more epochs fit, while at the default "
+        "length it scored about 2 points lower in our runs.", choices=PRECISIONS,
         commands=("train",))
     jit_compile: str = setting(
         "auto", "XLA compilation of the training step; auto: Keras decides (off on a CPU "

@@ -162,9 +162,9 @@ def test_budget_survives_an_interruption(prepared, tmp_path):
 def test_the_default_length_keeps_to_its_time_limit(runner, prepared, tmp_path, monkeypatch):
     """No --epochs and no --budget: the default epochs (DEFAULT_EPOCHS) stop at
     DEFAULT_TIME_LIMIT (8 s here) with the schedule fitted to the epochs that fit, and say so."""
-    from catsdogs import cli as cli_module
+    from catsdogs import config as config_module
 
-    monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 8.0)
+    monkeypatch.setattr(config_module, "DEFAULT_TIME_LIMIT", 8.0)
     out = tmp_path / "m"
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
                                  *TINY_MODEL, "--batch-size", "4", "--learning-rate", "0.01",
@@ -192,9 +192,9 @@ def test_a_resumed_default_length_run_keeps_its_time_limit_wording(runner, prepa
                                                                    monkeypatch):
     """A default-length run, interrupted and resumed, still speaks of the default length's
     limit, not of a budget nobody gave."""
-    from catsdogs import cli as cli_module
+    from catsdogs import config as config_module
 
-    monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 8.0)
+    monkeypatch.setattr(config_module, "DEFAULT_TIME_LIMIT", 8.0)
     out = tmp_path / "m"
     first = train(prepared, out, ModelConfig(**TINY),
                   tiny_train(epochs=DEFAULT_EPOCHS, budget=8.0),
@@ -228,9 +228,9 @@ def test_a_resumed_run_keeps_the_time_limit_only_if_it_was_the_default_length(
 def test_a_chosen_length_has_no_time_limit(runner, prepared, tmp_path, monkeypatch, length):
     """--epochs, or a recipe that sets the epochs, chooses the length: no time limit, even
     one so short that it would cut the run."""
-    from catsdogs import cli as cli_module
+    from catsdogs import config as config_module
 
-    monkeypatch.setattr(cli_module, "DEFAULT_TIME_LIMIT", 0.5)
+    monkeypatch.setattr(config_module, "DEFAULT_TIME_LIMIT", 0.5)
     recipe = tmp_path / "recipe.toml"
     recipe.write_text("epochs = 2\n")
     length = [str(recipe) if part == "RECIPE" else part for part in length]
@@ -246,10 +246,12 @@ def test_a_chosen_length_has_no_time_limit(runner, prepared, tmp_path, monkeypat
 def test_a_time_limit_that_does_not_bind_trains_as_no_limit(prepared, tmp_path):
     """The default length runs under its time limit (a budget): while the limit does not
     cut the epochs, the budget's per-step schedule is Keras' cosine schedule, so the run
-    is the one without a limit, epoch for epoch (benchmarks of the default ran without)."""
+    is the one without a limit, epoch for epoch (benchmarks of the default ran without).
+    (float32 for both: a budget that is not the default length's limit trains in bfloat16
+    on a CPU that has it.)"""
     model = ModelConfig(**TINY)
     runs = [train(prepared, tmp_path / f"m{budget}", model,
-                  tiny_train(epochs=3, warmup_epochs=1, budget=budget))
+                  tiny_train(epochs=3, warmup_epochs=1, budget=budget, precision="float32"))
             for budget in (0.0, 3600.0)]
     # (history's learning_rate is logged one step apart: the schedule's next step, the
     # budget's last one; the rates used are the same)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import pytest
 
 from catsdogs.backend import keras as import_keras
 from catsdogs.cli import cli
-from catsdogs.config import ModelConfig, TrainConfig
+from catsdogs.config import DEFAULT_TIME_LIMIT, ModelConfig, TrainConfig
 from catsdogs.train import checkpoint_folder, read_checkpoint, train
 from tests.helpers import assert_clean_exit
 
@@ -295,7 +296,7 @@ def test_reduced_precision_run_saves_a_float32_model(prepared, tmp_path, precisi
 
 @pytest.mark.slow
 def test_bfloat16_on_the_cpu_says_so(runner, prepared, tmp_path):
-    from tests.conftest import TINY_MODEL
+    from tests.helpers import TINY_MODEL
 
     out = tmp_path / "model"
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
@@ -305,16 +306,66 @@ def test_bfloat16_on_the_cpu_says_so(runner, prepared, tmp_path):
     assert json.loads((out / "model.json").read_text())["precision"] == "bfloat16"
 
 
-@pytest.mark.parametrize(("has_bfloat16", "device", "expected"), [
-    (True, "CPU", "float32"),  # never automatic: it cost accuracy at the default length
-    (False, "CPU", "float32"),
-    (True, "GPU (NVIDIA H100)", "mixed"),
-    (False, "CPU (--device cpu)", "float32"),
+@pytest.mark.parametrize(("epochs", "budget", "pays", "device", "expected"), [
+    (150, 0, True, "CPU", "float32"),  # the full length: bfloat16 cost accuracy there
+    (150, DEFAULT_TIME_LIMIT, True, "CPU", "float32"),  # the default length's time limit
+    (10_000, DEFAULT_TIME_LIMIT, True, "CPU", "bfloat16"),  # --budget 18m alone
+    (10_000, 300, True, "CPU", "bfloat16"),  # --budget 5m alone, where the CPU has it
+    (40, 300, True, "CPU", "bfloat16"),  # --budget 5m --epochs 40
+    (10_000, 300, False, "CPU", "float32"),  # a CPU without native bfloat16
+    (10_000, 300, True, "CPU (--device cpu)", "bfloat16"),
+    (10_000, 300, True, "GPU (NVIDIA H100)", "mixed"),
+    (150, 0, False, "GPU (NVIDIA H100)", "mixed"),
 ])
-def test_auto_precision_follows_the_device(monkeypatch, has_bfloat16, device, expected):
+def test_auto_precision_follows_the_device_and_the_budget(epochs, budget, pays, device,
+                                                          expected):
     from catsdogs.train import resolve_precision
 
-    monkeypatch.setattr("catsdogs.backend.cpu_has_bfloat16", lambda: has_bfloat16)
-    assert resolve_precision(TrainConfig(), device) == expected
-    for chosen in ("float32", "bfloat16", "mixed"):
-        assert resolve_precision(TrainConfig(precision=chosen), device) == chosen
+    config = TrainConfig(epochs=epochs, budget=budget)
+    assert resolve_precision(config, device, pays) == expected
+    for chosen in ("float32", "bfloat16", "mixed"):  # what is asked for is never overruled
+        assert resolve_precision(dataclasses.replace(config, precision=chosen), device,
+                                 pays) == chosen
+
+
+@pytest.mark.parametrize(("flags", "backbone", "expected"), [
+    ("fpu avx512f avx512_bf16", "none", True),
+    ("fpu amx_tile amx_bf16", "none", True),
+    ("fpu avx512f", "none", False),  # no native bfloat16: it would be slower
+    ("fpu avx512_bf16", "mobilenet_v3_small", False),  # not measured with a backbone
+])
+def test_bfloat16_pays_on_a_cpu_that_has_it(monkeypatch, tmp_path, flags, backbone, expected):
+    from catsdogs.train import bfloat16_pays
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr("catsdogs.backend.CPUINFO_FILE", cpuinfo)
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    assert bfloat16_pays(ModelConfig(backbone=backbone)) is (expected and on_tensorflow)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("flags", "said", "precision"), [
+    ("fpu amx_bf16", "Training on CPU, in bfloat16 (--precision auto with --budget, on a "
+                     "CPU with native bfloat16: more epochs fit; --precision float32 for "
+                     "float32).\n", "bfloat16"),
+    ("fpu avx512f", "Training on CPU.\n", "float32"),
+])
+def test_a_budget_trains_in_bfloat16_where_the_cpu_has_it(runner, prepared, tmp_path,
+                                                         monkeypatch, flags, said, precision):
+    """train --budget with --precision auto: bfloat16 on a CPU that computes it natively,
+    and the log says why; float32 on one that does not."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("bfloat16 is chosen automatically on TensorFlow only")
+    from tests.helpers import TINY_MODEL
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr("catsdogs.backend.CPUINFO_FILE", cpuinfo)
+    out = tmp_path / "model"
+    result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
+                                 *TINY_MODEL, "--epochs", "1", "--budget", "10m"])
+    assert_clean_exit(result, 0)
+    assert said in result.output
+    info = json.loads((out / "model.json").read_text())
+    assert info["precision"] == precision and info["training"]["precision"] == "auto"
