@@ -36,6 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project, if not installed
+from data_prep.split import stratified_split  # noqa: E402
+
 cv2.setNumThreads(1)
 
 
@@ -53,14 +56,10 @@ def load_prepared(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def stratified(labels: np.ndarray, rows: np.ndarray, share: float, seed: int):
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label in np.unique(labels[rows]):
-        members = rng.permutation(rows[labels[rows] == label])
-        count = int(round(len(members) * share))
-        val.append(members[:count])
-        train.append(members[count:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    """(train rows, validation rows) of ``rows``: catsdogs' one split rule
+    (``data_prep.split``), the same photos as ``train --validation-split``."""
+    kept, split_off = stratified_split(labels[rows], share, seed)
+    return rows[kept], rows[split_off]
 
 
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
