@@ -26,7 +26,7 @@ def collect() -> dict[str, object]:
     import cv2
     import numpy as np
 
-    from catsdogs.backend import cpu_has_bfloat16, devices, gpu_warning
+    from catsdogs.backend import cpu_has_amx, cpu_has_bfloat16, devices, gpu_warning
     from catsdogs.backend import keras as import_keras
 
     keras = import_keras()
@@ -56,6 +56,8 @@ def collect() -> dict[str, object]:
         "devices": found or ["CPU"],
         # where train --precision bfloat16 is faster than float32 (with TensorFlow)
         "cpu_bfloat16": cpu_has_bfloat16(),
+        # where it is so much faster that train --budget uses it (--precision auto)
+        "cpu_amx": cpu_has_amx(),
         "executable": sys.executable,
     }
     warning = gpu_warning()

@@ -77,6 +77,15 @@ def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
     assert not backend.cpu_has_bfloat16(tmp_path / "missing")  # macOS, Windows
 
 
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert not backend.cpu_has_amx(cpuinfo)  # AVX512_BF16 and AMX tiles without bfloat16
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_bf16 amx_tile\n")
+    assert backend.cpu_has_amx(cpuinfo)
+    assert not backend.cpu_has_amx(tmp_path / "missing")
+
+
 def fake_driver_without_gpu(monkeypatch):
     monkeypatch.setattr(backend, "nvidia_driver", lambda: "550.54.15")
     monkeypatch.setattr(backend, "devices", lambda: [])
