@@ -451,10 +451,10 @@ class TrainConfig:
                           choices=DEVICES, commands=("train",))
     precision: str = setting(
         "auto", "Arithmetic of the training step (the weights and the saved model stay "
-        "float32). auto: mixed on a GPU; on the CPU bfloat16 with --budget where the CPU has "
-        "AMX (catsdogs info: cpu_amx), else float32. mixed: float16. bfloat16: faster only "
-        "on a CPU that computes it natively (cpu_bfloat16); with --budget more epochs fit, "
-        "while at the default length it scored about 2 points lower in our runs.",
+        "float32). auto: mixed on a GPU; on the CPU bfloat16 with --budget where the CPU "
+        "computes it natively (catsdogs info: cpu_bfloat16), else float32. mixed: float16. "
+        "bfloat16: faster only on such a CPU; with --budget more epochs fit, while at the "
+        "default length it scored about 2 points lower in our runs.",
         choices=PRECISIONS, commands=("train",))
     jit_compile: str = setting(
         "auto", "XLA compilation of the training step; auto: Keras decides (off on a CPU "

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from catsdogs import __version__, distribute, model_folder
-from catsdogs.backend import cpu_has_amx, describe_device
+from catsdogs.backend import cpu_has_bfloat16, describe_device
 from catsdogs.backend import keras as import_keras
 from catsdogs.config import ModelConfig, TrainConfig, is_time_limited_default
 from data_prep import failpoints, safeio
@@ -226,9 +226,10 @@ def split_rows(dataset: PreparedDataset, config: TrainConfig) -> Split:
 DTYPE_POLICIES = {"mixed": "mixed_float16", "bfloat16": "mixed_bfloat16", "float32": None}
 # What "Training on <device>" adds for each: float32, the rule, adds nothing.
 PRECISION_NOTES = {"mixed": ", in mixed float16", "bfloat16": ", in bfloat16", "float32": ""}
-# What it adds when --precision auto chose bfloat16 (a --budget run on a CPU with AMX).
-AUTO_BFLOAT16_NOTE = (", in bfloat16 (--precision auto with --budget, on a CPU with AMX: "
-                      "more epochs fit; --precision float32 for float32)")
+# What it adds when --precision auto chose bfloat16 (a --budget run on a CPU that computes
+# it natively).
+AUTO_BFLOAT16_NOTE = (", in bfloat16 (--precision auto with --budget, on a CPU with native "
+                      "bfloat16: more epochs fit; --precision float32 for float32)")
 
 
 def resolve_precision(config: TrainConfig, device: str, prefer_bfloat16: bool = False) -> str:
@@ -236,12 +237,12 @@ def resolve_precision(config: TrainConfig, device: str, prefer_bfloat16: bool = 
     bfloat16 under a ``--budget`` the user chose (not the default length's time limit) where
     ``prefer_bfloat16`` (:func:`bfloat16_pays`: it wins here), else float32.
 
-    Under a budget bfloat16's faster epochs (1.55× the photos/s with AMX) fit more of them,
-    and it scored higher held out and on the other source; with AVX512_BF16 alone (1.3×) the
-    other source gained nothing on a Zen 5; at the default length, where the epochs are
-    fixed, it scored about 2 points lower held out than float32 on a Zen 4
-    (benchmarks/RESULTS.md, "bfloat16 under --budget", "A Zen 5" and "bfloat16 on the
-    CPU")."""
+    Under a budget bfloat16's faster epochs (1.55× the photos/s with AMX, 1.3× with
+    AVX512_BF16 alone) fit more of them, and it scored higher held out and on the other
+    source (an AMX Xeon, three seeds; a Zen 5, seven); at the default length, where the
+    epochs are fixed, it scored about 2 points lower held out than float32 on a Zen 4
+    (benchmarks/RESULTS.md, "bfloat16 under --budget", "A Zen 5, seven seeds" and "bfloat16
+    on the CPU")."""
     if config.precision != "auto":
         return config.precision
     if device.startswith("GPU"):
@@ -254,11 +255,11 @@ def resolve_precision(config: TrainConfig, device: str, prefer_bfloat16: bool = 
 def bfloat16_pays(model_config: ModelConfig) -> bool:
     """Whether bfloat16 gives a better classifier than float32 in the same time here, as
     measured: the conv blocks (no pretrained backbone, not measured) on TensorFlow (oneDNN)
-    and a CPU with AMX. With AVX512_BF16 alone it trains faster too, but too little: under
-    ``--budget 5m`` on a Zen 5 it gained held out and not on the other source."""
+    and a CPU that computes bfloat16 natively (AVX512_BF16 or AMX). Without it bfloat16
+    would be emulated, and slower than float32."""
     keras = import_keras()
     return (model_config.backbone == "none" and keras.backend.backend() == "tensorflow"
-            and cpu_has_amx())
+            and cpu_has_bfloat16())
 
 
 def precision_note(run: Run) -> str:

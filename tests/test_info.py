@@ -20,7 +20,7 @@ def test_info_lists_versions_and_devices(runner, monkeypatch, tmp_path):
     assert facts["keras"].startswith("3.") and facts["onnxruntime"]
     assert facts["devices"]  # GPU names, or ["CPU"]
     assert facts["cpu_bfloat16"] is True  # where train --precision bfloat16 is faster
-    assert facts["cpu_amx"] is False  # where train --budget uses it: AVX512_BF16 is not AMX
+    assert facts["cpu_amx"] is False  # where bfloat16 is fastest: AVX512_BF16 is not AMX
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 amx_tile amx_bf16\n")
     assert json.loads(runner.invoke(cli, ["info", "--json"]).stdout)["cpu_amx"] is True
     lines = runner.invoke(cli, ["info"]).stdout
