@@ -9,7 +9,10 @@
    catsdogs' Keras augmentation layers (``--augment layers``), and with catsdogs' uint8
    augmentation (``--augment crop``, ``catsdogs.data.augment_batch``) done in the same thread
    before each step. Photos/s, GFLOP/s (convolution and dense arithmetic, forward + backward
-   = 3× forward) and their share of the plain-Conv2D rate.
+   = 3× forward) and their share of the plain-Conv2D rate. The default network once more in
+   bfloat16 (``--precision bfloat16``: Keras' ``mixed_bfloat16`` policy, what ``--budget``
+   trains in on a CPU with native bfloat16), its share still of the float32 plain rate; the
+   plain Conv2D in bfloat16 is reported beside it.
 3. Data feeding alone: photos/s of reading batches from the memory-mapped images.npy, and of
    the uint8 augmentation pipeline alone.
 4. Per layer: forward + backward time of each layer of the default network (and of each
@@ -86,10 +89,11 @@ def forward_flops(model: keras.Model) -> float:
     return total
 
 
-def plain_conv_rate(seconds: float) -> float:
-    """GFLOP/s of one 3×3 same-padding Conv2D 64→64 at 64×64, batch 32, forward + backward."""
-    conv = layers.Conv2D(64, 3, padding="same")
-    x = tf.random.uniform((BATCH, 64, 64, 64))
+def plain_conv_rate(seconds: float, dtype_policy: str = "float32") -> float:
+    """GFLOP/s of one 3×3 same-padding Conv2D 64→64 at 64×64, batch 32, forward + backward,
+    computed in ``dtype_policy``'s compute dtype."""
+    conv = layers.Conv2D(64, 3, padding="same", dtype=dtype_policy)
+    x = tf.cast(tf.random.uniform((BATCH, 64, 64, 64)), conv.compute_dtype)
     conv.build(x.shape)
 
     @tf.function
@@ -97,7 +101,7 @@ def plain_conv_rate(seconds: float) -> float:
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = conv(x)
-            loss = tf.reduce_sum(y)
+            loss = tf.reduce_sum(tf.cast(y, "float32"))
         return tape.gradient(loss, [x, conv.kernel, conv.bias])
 
     flops = 3 * 2 * BATCH * 64 * 64 * 64 * 64 * 9
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     conv = plain_conv_rate(args.seconds)
     out += [f"Plain 3×3 Conv2D 64→64 at 64×64, forward + backward: **{conv:.0f} GFLOP/s** "
             f"(load {load()})", ""]
+    conv_bfloat16 = plain_conv_rate(args.seconds, "mixed_bfloat16")
+    out += [f"The same in bfloat16: {conv_bfloat16:.0f} GFLOP/s (load {load()})", ""]
 
     rows = []
     nets = {
@@ -191,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         "textbook order (conv-norm-pool)": lambda: build_model(
             ModelConfig(image_size=size, block_order="conv-norm-pool")),
         "sepres": lambda: sepres_net(size),
+        "default in bfloat16": lambda: build_model(ModelConfig(image_size=size),
+                                                   dtype_policy="mixed_bfloat16"),
     }
     for name, make in nets.items():
         flops = 3 * forward_flops(make())
         for variant in ("no augmentation", "Keras augmentation layers", "uint8 pipeline"):
-            if name == "sepres" and variant == "Keras augmentation layers":
+            if name in ("sepres", "default in bfloat16") and variant.startswith("Keras"):
                 continue
             net = make()
             pipeline = None
