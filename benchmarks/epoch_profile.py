@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from keras import layers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "recipes"))
 sys.path.insert(0, str(Path(__file__).parent.parent))
+from timing import timed  # noqa: E402
 from train_recipe import load_prepared, sepres_net  # noqa: E402
 
 from catsdogs.config import ModelConfig  # noqa: E402
@@ -54,19 +54,6 @@ BATCH = 32
 
 def load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
-
-
-def timed(step, seconds: float, warmup: int = 2) -> float:
-    """Seconds per call of ``step``: a few warm-up calls, then calls for about ``seconds``."""
-    for _ in range(warmup):
-        step()
-    count, started = 0, time.perf_counter()
-    while True:
-        step()
-        count += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds and count >= 3:
-            return elapsed / count
 
 
 def forward_flops(model: keras.Model) -> float:

@@ -25,27 +25,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from collections.abc import Callable
 
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
+from timing import timed  # noqa: E402
 
 BATCH, SIDE, CHANNELS, FILTERS = 32, 128, 3, 20
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) of a pixel in its pooling window
-
-
-def timed(step: Callable[[], object], seconds: float) -> float:
-    """Milliseconds per call of ``step`` after two warm-up calls."""
-    step()
-    step()
-    count, started = 0, time.perf_counter()
-    while count < 3 or time.perf_counter() - started < seconds:
-        step()
-        count += 1
-    return (time.perf_counter() - started) / count * 1000
 
 
 def plain(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
@@ -139,7 +128,7 @@ def main() -> None:
         grad_error = float(tf.reduce_max(tf.abs(grad - reference_grad))) / scale
         if grad_error > 1e-4:
             raise SystemExit(f"{name} does not compute the same gradient ({grad_error:.1e})")
-        ms = timed(step, args.seconds)
+        ms = timed(step, args.seconds) * 1000
         base = base or ms
         print(f"| {name} | {ms:.1f} | {ms / base:.2f}× | "
               f"{float(tf.reduce_max(tf.abs(output - reference))):.1e} | {grad_error:.1e} |")
