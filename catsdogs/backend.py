@@ -120,8 +120,9 @@ def cpu_has_bfloat16(cpuinfo: Path | None = None) -> bool:
 
 def cpu_has_amx(cpuinfo: Path | None = None) -> bool:
     """Whether the CPU has AMX's bfloat16 tile multiplications (Intel Xeon since Sapphire
-    Rapids), where bfloat16 trains the most faster than float32 (1.55× the photos/s,
-    against 1.3× with AVX512_BF16 alone: benchmarks/RESULTS.md)."""
+    Rapids), where bfloat16 gains the most on float32 (1.55× the photos/s, against 1.3×
+    with AVX512_BF16 alone: benchmarks/RESULTS.md). ``catsdogs info`` reports it; no
+    default depends on it."""
     return "amx_bf16" in cpu_flags(cpuinfo)
 
 
