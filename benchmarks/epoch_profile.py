@@ -1,4 +1,4 @@
-"""Where a training epoch's time goes (issue 12), all measured in one process, one after another.
+"""Where a training epoch's time goes (issue 12), all measured in one process.
 
 1. A plain 3×3 Conv2D, forward and backward (weights and input), GFLOP/s: the arithmetic rate
    the CPU's convolutions reach here, the yardstick for the rest.
@@ -12,13 +12,16 @@
    = 3× forward) and their share of the plain-Conv2D rate. The default network once more in
    bfloat16 (``--precision bfloat16``: Keras' ``mixed_bfloat16`` policy, what ``--budget``
    trains in on a CPU with native bfloat16), its share still of the float32 plain rate; the
-   plain Conv2D in bfloat16 is reported beside it.
+   plain Conv2D in bfloat16 is reported beside it. The two plain Conv2D and every training
+   set-up are timed once a round, in turn, for ``--rounds`` rounds (``timing.alternated``):
+   the figures are the median with the range, and each round's share is of that round's
+   plain rate, so a host whose speed drifts cannot favour the set-ups timed first.
 3. Data feeding alone: photos/s of reading batches from the memory-mapped images.npy, and of
    the uint8 augmentation pipeline alone.
 4. Per layer: forward + backward time of each layer of the default network (and of each
    augmentation layer, forward only) in isolation, at its real input shape and batch 32.
 
-The machine may be shared: the load average is printed beside every figure; compare figures
+The machine may be shared: the load average is printed beside the figures; compare figures
 measured in the same run only.
 
 Example:
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +46,7 @@ from keras import layers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "recipes"))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from timing import timed  # noqa: E402
+from timing import alternated, timed  # noqa: E402
 from train_recipe import load_prepared, sepres_net  # noqa: E402
 
 from catsdogs.config import ModelConfig  # noqa: E402
@@ -76,9 +80,9 @@ def forward_flops(model: keras.Model) -> float:
     return total
 
 
-def plain_conv_rate(seconds: float, dtype_policy: str = "float32") -> float:
-    """GFLOP/s of one 3×3 same-padding Conv2D 64→64 at 64×64, batch 32, forward + backward,
-    computed in ``dtype_policy``'s compute dtype."""
+def conv_step(dtype_policy: str = "float32") -> tuple[Callable[[], object], float]:
+    """(step, FLOP per call): one 3×3 same-padding Conv2D 64→64 at 64×64, batch 32, forward
+    + backward, computed in ``dtype_policy``'s compute dtype."""
     conv = layers.Conv2D(64, 3, padding="same", dtype=dtype_policy)
     x = tf.cast(tf.random.uniform((BATCH, 64, 64, 64)), conv.compute_dtype)
     conv.build(x.shape)
@@ -91,13 +95,13 @@ def plain_conv_rate(seconds: float, dtype_policy: str = "float32") -> float:
             loss = tf.reduce_sum(tf.cast(y, "float32"))
         return tape.gradient(loss, [x, conv.kernel, conv.bias])
 
-    flops = 3 * 2 * BATCH * 64 * 64 * 64 * 64 * 9
-    return flops / timed(step, seconds) / 1e9
+    return step, 3 * 2 * BATCH * 64 * 64 * 64 * 64 * 9
 
 
-def train_rate(net: keras.Model, augmentation, images: np.ndarray, labels: np.ndarray,
-               seconds: float, pipeline: ImageBatches | None = None) -> float:
-    """Training photos/s of ``net`` (behind ``augmentation`` layers, or fed by ``pipeline``)."""
+def train_step(net: keras.Model, augmentation, images: np.ndarray, labels: np.ndarray,
+               pipeline: ImageBatches | None = None) -> Callable[[], None]:
+    """One training step (batch 32) of ``net`` per call, behind ``augmentation`` layers or
+    fed by ``pipeline``; the batches go round ``images``."""
     size = images.shape[1]
     trainer = net if augmentation is None else keras.Sequential(
         [keras.Input((size, size, 3)), augmentation, net])
@@ -113,7 +117,73 @@ def train_rate(net: keras.Model, augmentation, images: np.ndarray, labels: np.nd
         x, y = pipeline[index] if pipeline is not None else batches[index]
         trainer.train_on_batch(x, y)
 
-    return BATCH / timed(step, seconds)
+    return step
+
+
+NETWORKS = ("default (conv-pool-norm)", "textbook order (conv-norm-pool)", "sepres",
+            "default in bfloat16")
+VARIANTS = ("no augmentation", "Keras augmentation layers", "uint8 pipeline")
+
+
+def make_network(name: str, size: int) -> keras.Model:
+    if name == "sepres":
+        return sepres_net(size)
+    order = "conv-norm-pool" if name.startswith("textbook") else "conv-pool-norm"
+    policy = "mixed_bfloat16" if name.endswith("bfloat16") else None
+    return build_model(ModelConfig(image_size=size, block_order=order), dtype_policy=policy)
+
+
+def training_setups(images: np.ndarray, labels: np.ndarray
+                    ) -> dict[tuple[str, str], tuple[float, Callable[[], None]]]:
+    """(network, augmentation) → (FLOP per trained photo, training step)."""
+    size = images.shape[1]
+    setups = {}
+    for name in NETWORKS:
+        flops = 3 * forward_flops(make_network(name, size))
+        for variant in VARIANTS:
+            if name in ("sepres", "default in bfloat16") and variant.startswith("Keras"):
+                continue
+            augmentation = build_augmentation(1) if variant.startswith("Keras") else None
+            pipeline = None
+            if variant == "uint8 pipeline":
+                pipeline = ImageBatches(images, labels, np.arange(len(images)), BATCH,
+                                        shuffle=True, seed=0, augment=True)
+            step = train_step(make_network(name, size), augmentation, images, labels, pipeline)
+            setups[(name, variant)] = (flops, step)
+    return setups
+
+
+def spread(values: list[float], form: str = "{:.0f}") -> str:
+    """The median of ``values``, with their range when there are several."""
+    middle = form.format(float(np.median(values)))
+    if len(values) == 1:
+        return middle
+    return f"{middle} ({form.format(min(values))}–{form.format(max(values))})"
+
+
+def rate_report(images: np.ndarray, labels: np.ndarray, seconds: float, rounds: int
+                ) -> list[str]:
+    """The plain Conv2D rates and the training table, every set-up timed once a round in turn
+    (``timing.alternated``); each round's share is of that round's float32 plain rate."""
+    setups = training_setups(images, labels)
+    (conv, conv_flops), (conv16, conv16_flops) = conv_step(), conv_step("mixed_bfloat16")
+    steps = {"conv": conv, "conv16": conv16,
+             **{key: step for key, (_, step) in setups.items()}}
+    times = alternated(steps, seconds, rounds)
+    conv_rates = [conv_flops / t / 1e9 for t in times["conv"]]
+    out = [f"Plain 3×3 Conv2D 64→64 at 64×64, forward + backward: **{spread(conv_rates)} "
+           f"GFLOP/s**; the same in bfloat16: "
+           f"{spread([conv16_flops / t / 1e9 for t in times['conv16']])} GFLOP/s "
+           f"(median of {rounds} rounds, range; load {load()})", "",
+           "| network | augmentation | MFLOP per trained photo | training photos/s "
+           "| GFLOP/s | share of plain Conv2D |", "|---|---|---|---|---|---|"]
+    for (name, variant), (flops, _) in setups.items():
+        rates = [BATCH / t for t in times[(name, variant)]]
+        shares = [rate * flops / 1e9 / plain for rate, plain in zip(rates, conv_rates, strict=True)]
+        out.append(f"| {name} | {variant} | {flops / 1e6:.0f} | {spread(rates)} | "
+                   f"{float(np.median(rates)) * flops / 1e9:.1f} | "
+                   f"{spread([100 * share for share in shares], '{:.0f}%')} |")
+    return [*out, ""]
 
 
 def feeding_rate(data: ImageBatches, seconds: float) -> float:
@@ -162,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a prepared dataset folder")
     parser.add_argument("--seconds", type=float, default=8.0, help="time per measurement")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="time every training set-up this many times, in turn")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
 
@@ -172,39 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     out = [f"epoch_profile: {args.data} ({size} px), batch {BATCH}, {os.cpu_count()} CPUs, "
            f"TF {tf.__version__}, Keras {keras.__version__}; load average at start {load()}", ""]
 
-    conv = plain_conv_rate(args.seconds)
-    out += [f"Plain 3×3 Conv2D 64→64 at 64×64, forward + backward: **{conv:.0f} GFLOP/s** "
-            f"(load {load()})", ""]
-    conv_bfloat16 = plain_conv_rate(args.seconds, "mixed_bfloat16")
-    out += [f"The same in bfloat16: {conv_bfloat16:.0f} GFLOP/s (load {load()})", ""]
-
-    rows = []
-    nets = {
-        "default (conv-pool-norm)": lambda: build_model(ModelConfig(image_size=size)),
-        "textbook order (conv-norm-pool)": lambda: build_model(
-            ModelConfig(image_size=size, block_order="conv-norm-pool")),
-        "sepres": lambda: sepres_net(size),
-        "default in bfloat16": lambda: build_model(ModelConfig(image_size=size),
-                                                   dtype_policy="mixed_bfloat16"),
-    }
-    for name, make in nets.items():
-        flops = 3 * forward_flops(make())
-        for variant in ("no augmentation", "Keras augmentation layers", "uint8 pipeline"):
-            if name in ("sepres", "default in bfloat16") and variant.startswith("Keras"):
-                continue
-            net = make()
-            pipeline = None
-            augmentation = build_augmentation(1) if variant.startswith("Keras") else None
-            if variant == "uint8 pipeline":
-                pipeline = ImageBatches(images, labels, np.arange(len(images)), BATCH,
-                                        shuffle=True, seed=0, augment=True)
-            rate = train_rate(net, augmentation, images, labels, args.seconds, pipeline)
-            gflops = rate * flops / 1e9
-            rows.append(f"| {name} | {variant} | {flops / 1e6:.0f} | {rate:.0f} | "
-                        f"{gflops:.1f} | {gflops / conv:.0%} | {load()} |")
-    out += ["| network | augmentation | MFLOP per trained photo | training photos/s "
-            "| GFLOP/s | share of plain Conv2D | load |", "|---|---|---|---|---|---|---|", *rows,
-            ""]
+    out += rate_report(images, labels, args.seconds, args.rounds)
 
     plain = ImageBatches(np.load(args.data / "images.npy", mmap_mode="r"), labels,
                          np.arange(len(images)), BATCH, shuffle=True, seed=0)

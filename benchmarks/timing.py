@@ -1,5 +1,5 @@
-"""The one timing loop of the micro-benchmarks (``epoch_profile.py``, ``first_conv.py``);
-it imports nothing heavy, so a script that times bare TensorFlow stays free of Keras."""
+"""The timing loops of the micro-benchmarks (``epoch_profile.py``, ``first_conv.py``); they
+import nothing heavy, so a script that times bare TensorFlow stays free of Keras."""
 
 from __future__ import annotations
 
@@ -19,3 +19,17 @@ def timed(step: Callable[[], object], seconds: float, warmup: int = 2) -> float:
         elapsed = time.perf_counter() - started
         if elapsed >= seconds and count >= 3:
             return elapsed / count
+
+
+def alternated(steps: dict[str, Callable[[], object]], seconds: float, rounds: int
+               ) -> dict[str, list[float]]:
+    """Seconds per call of each of ``steps``, once per round for ``rounds`` rounds, the steps
+    timed in turn within each round (``timed``, ``seconds`` each). On a host whose speed
+    drifts, a slow spell then slows one round of every step rather than all of one step's."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(timed(step, seconds))
+    return times
