@@ -413,7 +413,8 @@ class TrainConfig:
         commands=("train",))
     augment: str = setting(
         "crop", "Augmentation while training (never at prediction). crop: random resized "
-        "crops, mirror flips, brightness, contrast and saturation, done on the photos in the "
+        "crops, mirror flips, brightness, contrast and saturation, one colour photo in ten "
+        "turned gray, done on the photos in the "
         "input pipeline; layers: Keras layers for flips, rotations, zooms, shifts and "
         "contrast (slower); none (also --no-augment).", choices=AUGMENTS,
         legacy={True: "crop", False: "none"}, commands=("train",))

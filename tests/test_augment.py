@@ -7,7 +7,15 @@ import pytest
 
 from catsdogs.cli import cli
 from catsdogs.config import TrainConfig, format_duration, parse_duration
-from catsdogs.data import CROP_AREA, ImageBatches, augment_batch, crop_box, mix_batch
+from catsdogs.data import (
+    CROP_AREA,
+    GRAY_SHARE,
+    JITTER,
+    ImageBatches,
+    augment_batch,
+    crop_box,
+    mix_batch,
+)
 from tests.helpers import assert_clean_exit
 
 
@@ -39,15 +47,38 @@ def test_augment_batch_is_seeded_uint8_and_changes_the_photos(channels):
 
 
 def test_flat_photos_keep_their_colour_up_to_the_jitter():
-    """A photo of one colour stays that colour (crops and flips change nothing), its
-    brightness scaled by at most ±20% and its saturation pulled towards grey."""
-    images = np.zeros((16, 24, 24, 3), dtype=np.uint8)
+    """A photo of one colour stays flat (crops and flips change nothing), its brightness and
+    contrast scaled by factors in ``JITTER`` and its saturation pulled towards or away from
+    grey; ``GRAY_SHARE`` of them come back gray."""
+    images = np.zeros((400, 24, 24, 3), dtype=np.uint8)
     images[...] = (200, 100, 50)
     out = augment_batch(images, np.random.default_rng(3))
     assert np.all(out == out[:, :1, :1])  # still flat
-    red = out[:, 0, 0, 0].astype(float)
-    assert red.min() >= 0.8 * 0.8 * 100 and red.max() <= 255
-    assert len(set(red)) > 4  # a different factor per photo
+    pixels = out[:, 0, 0].astype(float)
+    gray = (pixels[:, 0] == pixels[:, 1]) & (pixels[:, 1] == pixels[:, 2])
+    assert 0.5 * GRAY_SHARE < gray.mean() < 1.6 * GRAY_SHARE
+    # the gray level of (200, 100, 50) is 124; brightness × contrast moves it by at most
+    # JITTER's factors around itself, so a gray photo stays within them
+    low, high = JITTER
+    assert pixels[gray, 0].min() >= low * 124 - 1 and pixels[gray, 0].max() <= high * 124 + 1
+    assert pixels[gray, 0].min() < 0.9 * 124 and pixels[gray, 0].max() > 1.1 * 124
+    colour = pixels[~gray]
+    assert np.all(colour[:, 0] > colour[:, 2])  # red stays above blue in the colour ones
+    assert len(set(colour[:, 0])) > 50  # a different factor per photo
+
+
+def test_gray_photos_draw_no_gray_share():
+    """One-channel photos are gray already: none of their draws is spent on it, so a gray
+    dataset's augmentation is what it was before GRAY_SHARE."""
+    images = photos(count=6, channels=1)
+    rng = np.random.default_rng(4)
+    augment_batch(images, rng)
+    mirror = np.random.default_rng(4)
+    mirror.uniform(*JITTER, size=(6, 3))
+    for _ in range(6):
+        crop_box(24, mirror)
+        mirror.random()
+    assert rng.random() == mirror.random()
 
 
 def test_mirror_flip_happens_about_half_the_time():
