@@ -153,7 +153,7 @@ def training_setups(images: np.ndarray, labels: np.ndarray
     return setups
 
 
-def spread(values: list[float], form: str = "{:.0f}") -> str:
+def median_and_range(values: list[float], form: str = "{:.0f}") -> str:
     """The median of ``values``, with their range when there are several."""
     middle = form.format(float(np.median(values)))
     if len(values) == 1:
@@ -171,18 +171,18 @@ def rate_report(images: np.ndarray, labels: np.ndarray, seconds: float, rounds: 
              **{key: step for key, (_, step) in setups.items()}}
     times = alternated(steps, seconds, rounds)
     conv_rates = [conv_flops / t / 1e9 for t in times["conv"]]
-    out = [f"Plain 3×3 Conv2D 64→64 at 64×64, forward + backward: **{spread(conv_rates)} "
+    out = [f"Plain 3×3 Conv2D 64→64 at 64×64, forward + backward: **{median_and_range(conv_rates)} "
            f"GFLOP/s**; the same in bfloat16: "
-           f"{spread([conv16_flops / t / 1e9 for t in times['conv16']])} GFLOP/s "
+           f"{median_and_range([conv16_flops / t / 1e9 for t in times['conv16']])} GFLOP/s "
            f"(median of {rounds} rounds, range; load {load()})", "",
            "| network | augmentation | MFLOP per trained photo | training photos/s "
            "| GFLOP/s | share of plain Conv2D |", "|---|---|---|---|---|---|"]
     for (name, variant), (flops, _) in setups.items():
         rates = [BATCH / t for t in times[(name, variant)]]
         shares = [rate * flops / 1e9 / plain for rate, plain in zip(rates, conv_rates, strict=True)]
-        out.append(f"| {name} | {variant} | {flops / 1e6:.0f} | {spread(rates)} | "
+        out.append(f"| {name} | {variant} | {flops / 1e6:.0f} | {median_and_range(rates)} | "
                    f"{float(np.median(rates)) * flops / 1e9:.1f} | "
-                   f"{spread([100 * share for share in shares], '{:.0f}%')} |")
+                   f"{median_and_range([100 * share for share in shares], '{:.0f}%')} |")
     return [*out, ""]
 
 
