@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from timing import alternated  # noqa: E402
+from timing import alternated, rounds_option  # noqa: E402
 
 from catsdogs import data  # noqa: E402
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="a prepared dataset folder")
     parser.add_argument("--size", type=int, default=128, help="the training crops' size")
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
-    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds")
+    parser.add_argument("--rounds", type=rounds_option, default=5, help="alternated rounds")
     args = parser.parse_args(argv)
     images = np.load(args.data / "images.npy", mmap_mode="r")[:PHOTOS].copy()
     now = (data.JITTER, data.GRAY_SHARE)

@@ -46,7 +46,7 @@ from keras import layers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent / "recipes"))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from timing import alternated, timed  # noqa: E402
+from timing import alternated, median_and_range, rounds_option, timed  # noqa: E402
 from train_recipe import load_prepared, sepres_net  # noqa: E402
 
 from catsdogs.config import ModelConfig  # noqa: E402
@@ -153,14 +153,6 @@ def training_setups(images: np.ndarray, labels: np.ndarray
     return setups
 
 
-def median_and_range(values: list[float], form: str = "{:.0f}") -> str:
-    """The median of ``values``, with their range when there are several."""
-    middle = form.format(float(np.median(values)))
-    if len(values) == 1:
-        return middle
-    return f"{middle} ({form.format(min(values))}–{form.format(max(values))})"
-
-
 def rate_report(images: np.ndarray, labels: np.ndarray, seconds: float, rounds: int
                 ) -> list[str]:
     """The plain Conv2D rates and the training table, every set-up timed once a round in turn
@@ -232,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a prepared dataset folder")
     parser.add_argument("--seconds", type=float, default=8.0, help="time per measurement")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=rounds_option, default=2,
                         help="time every training set-up this many times, in turn")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)

@@ -15,10 +15,12 @@ and a bias) and the network unchanged, so that only the training step would chan
 - ``s2d-3x3``: the same as one 3×3 convolution of the 12 channels into 4 × 20 outputs, then
   the largest of each four.
 
-Each rewrite's output and weight gradient are checked against the plain ones first.
+Each rewrite's output and weight gradient are checked against the plain ones first. Then
+every way is timed once a round, in turn, for ``--rounds`` rounds (``timing.alternated``),
+so a slow spell of the host slows one round of every way rather than all of one way's.
 
 Example:
-    python benchmarks/first_conv.py
+    python benchmarks/first_conv.py --rounds 3
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
-from timing import timed  # noqa: E402
+from timing import alternated, median_and_range, rounds_option  # noqa: E402
 
 BATCH, SIDE, CHANNELS, FILTERS = 32, 128, 3, 20
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row, column) of a pixel in its pooling window
@@ -102,9 +104,28 @@ def training_step(block, x, kernel, bias):
     return step
 
 
+def check(steps: dict[str, Callable[[], object]]) -> dict[str, tuple[float, float]]:
+    """Each way's largest output difference and relative weight-gradient difference from the
+    first (plain) way; a way that computes something else stops the script."""
+    reference, (reference_grad, _) = next(iter(steps.values()))()
+    scale = float(tf.reduce_max(tf.abs(reference_grad)))
+    errors = {}
+    for name, step in steps.items():
+        output, (grad, _) = step()
+        if not np.allclose(output, reference, atol=1e-4):
+            raise SystemExit(f"{name} does not compute the same output")
+        grad_error = float(tf.reduce_max(tf.abs(grad - reference_grad))) / scale
+        if grad_error > 1e-4:
+            raise SystemExit(f"{name} does not compute the same gradient ({grad_error:.1e})")
+        errors[name] = float(tf.reduce_max(tf.abs(output - reference))), grad_error
+    return errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time each way this long")
+    parser.add_argument("--rounds", type=rounds_option, default=3,
+                        help="time every way this many times, in turn")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = tf.constant(rng.random((BATCH, SIDE, SIDE, CHANNELS), dtype=np.float32))
@@ -113,25 +134,20 @@ def main() -> None:
     ways = {"plain (Conv2D + MaxPool)": plain, "pad4": padded(4), "pad8": padded(8),
             "pad16": padded(16), "s2d-2x2": s2d_2x2, "s2d-3x3": s2d_3x3}
     steps = {name: training_step(block, x, kernel, bias) for name, block in ways.items()}
-    reference, (reference_grad, _) = steps["plain (Conv2D + MaxPool)"]()
+    errors = check(steps)
+    times = alternated(steps, args.seconds, args.rounds)
+    base = times["plain (Conv2D + MaxPool)"]
     print(f"load average {os.getloadavg()[0]:.1f}; batch {BATCH}, {SIDE}×{SIDE}×{CHANNELS} "
-          f"→ {FILTERS}, float32, forward + weight gradient")
+          f"→ {FILTERS}, float32, forward + weight gradient; median of {args.rounds} rounds "
+          "(range), each round's ratio against that round's plain time")
     print("| way | ms per batch | against plain | largest output difference | "
           "largest gradient difference (relative) |")
     print("|---|---|---|---|---|")
-    base = None
-    for name, step in steps.items():
-        output, (grad, _) = step()
-        if not np.allclose(output, reference, atol=1e-4):
-            raise SystemExit(f"{name} does not compute the same output")
-        scale = float(tf.reduce_max(tf.abs(reference_grad)))
-        grad_error = float(tf.reduce_max(tf.abs(grad - reference_grad))) / scale
-        if grad_error > 1e-4:
-            raise SystemExit(f"{name} does not compute the same gradient ({grad_error:.1e})")
-        ms = timed(step, args.seconds) * 1000
-        base = base or ms
-        print(f"| {name} | {ms:.1f} | {ms / base:.2f}× | "
-              f"{float(tf.reduce_max(tf.abs(output - reference))):.1e} | {grad_error:.1e} |")
+    for name, seconds in times.items():
+        ratios = [mine / plain_time for mine, plain_time in zip(seconds, base, strict=True)]
+        output_error, grad_error = errors[name]
+        print(f"| {name} | {median_and_range([t * 1000 for t in seconds], '{:.1f}')} | "
+              f"{median_and_range(ratios, '{:.2f}×')} | {output_error:.1e} | {grad_error:.1e} |")
 
 
 if __name__ == "__main__":

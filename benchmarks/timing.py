@@ -1,8 +1,11 @@
-"""The timing loops of the micro-benchmarks (``epoch_profile.py``, ``first_conv.py``); they
-import nothing heavy, so a script that times bare TensorFlow stays free of Keras."""
+"""The timing loops of the micro-benchmarks (``epoch_profile.py``, ``first_conv.py``) and
+what they share: the ``--rounds`` option and the median-and-range report. They import
+nothing heavy, so a script that times bare TensorFlow stays free of Keras."""
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -33,3 +36,24 @@ def alternated(steps: dict[str, Callable[[], object]], seconds: float, rounds: i
         for name, step in steps.items():
             times[name].append(timed(step, seconds))
     return times
+
+
+def rounds_option(text: str) -> int:
+    """``--rounds``' argparse type: a whole number of at least 1, or argparse's one-line
+    usage error (``alternated`` needs a round to time anything)."""
+    try:
+        rounds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of rounds: {text!r}") from None
+    if rounds < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 round, got {rounds}")
+    return rounds
+
+
+def median_and_range(values: list[float], form: str = "{:.0f}") -> str:
+    """The median of ``values`` formatted with ``form``, with their range when there are
+    several: ``"96 (93–101)"``."""
+    middle = form.format(statistics.median(values))
+    if len(values) == 1:
+        return middle
+    return f"{middle} ({form.format(min(values))}–{form.format(max(values))})"
