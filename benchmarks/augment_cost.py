@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from timing import alternated, rounds_option  # noqa: E402
+from timing import alternated, median_and_range, rounds_option  # noqa: E402
 
 from catsdogs import data  # noqa: E402
 
@@ -53,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"augment_batch, {len(images)} photos of {images.shape[1]} px to {args.size} px, "
           f"batches of {BATCH}, {args.rounds} alternated rounds of {args.seconds} s:")
     for name, values in times.items():
-        rates = sorted(len(images) / seconds for seconds in values)
-        print(f"  {name}: {statistics.median(rates):,.0f} photos/s "
-              f"({rates[0]:,.0f}–{rates[-1]:,.0f})")
+        rates = [len(images) / seconds for seconds in values]
+        print(f"  {name}: {median_and_range(rates, '{:,.0f}')} photos/s")
     return 0
 
 

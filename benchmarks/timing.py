@@ -1,6 +1,7 @@
-"""The timing loops of the micro-benchmarks (``epoch_profile.py``, ``first_conv.py``) and
-what they share: the ``--rounds`` option and the median-and-range report. They import
-nothing heavy, so a script that times bare TensorFlow stays free of Keras."""
+"""The timing loops of the micro-benchmarks (``epoch_profile.py``, ``first_conv.py``,
+``augment_cost.py``) and what they share: the ``--rounds`` option and the median-and-range
+report. They import nothing heavy, so a script that times bare TensorFlow stays free of
+Keras."""
 
 from __future__ import annotations
 
