@@ -333,6 +333,8 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
         click.echo(recipe_text("train", model_config, train_config), nl=False)
         return
     note_unused_settings(ctx, model_config.backbone)
+    if not resume:
+        note_inexact_seed(ctx, train_config.budget)
     if train_config.device == "cpu":
         from catsdogs.backend import hide_gpus
 
@@ -379,6 +381,16 @@ def note_unused_settings(ctx: click.Context, backbone: str) -> None:
     for key, value, path in ignored_settings(ctx):
         click.echo(f"note: {path}: {key} = {value!r} is not used: train takes it from the "
                    "prepared dataset", err=True)
+
+
+def note_inexact_seed(ctx: click.Context, budget: float) -> None:
+    """Say (on stderr) that a --seed given on the command line does not repeat a run with a
+    budget: its epochs and schedule follow the measured time (benchmarks/RESULTS.md: one
+    seed twice under --budget 5m, the same epochs, 91.0% and 90.25%)."""
+    if budget and ctx.get_parameter_source("seed").name == "COMMANDLINE":
+        click.echo("note: --seed repeats a run exactly only with its epochs fixed: under "
+                   "--budget they follow this machine's speed (give --epochs without --budget "
+                   "to repeat a run)", err=True)
 
 
 def default_length(ctx: click.Context, model_config: Any) -> bool:

@@ -82,6 +82,7 @@ def test_budget_with_epochs_whichever_ends_first_and_schedule_ends(runner, prepa
                                  *TINY_MODEL, "--batch-size", "4", "--learning-rate", "0.01",
                                  "--epochs", "3", "--warmup-epochs", "1", "--budget", "1h"])
     assert_clean_exit(result, 0)
+    assert INEXACT_SEED_NOTE not in result.output  # no --seed given: nothing to warn of
     history = pd.read_csv(out / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3]
     assert history["learning_rate"].iloc[-1] < 0.01 * 0.05
@@ -91,15 +92,23 @@ def test_budget_with_epochs_whichever_ends_first_and_schedule_ends(runner, prepa
     assert info["training"]["budget"] == 3600 and info["training"]["epochs"] == 3
 
 
+INEXACT_SEED_NOTE = ("note: --seed repeats a run exactly only with its epochs fixed: under "
+                     "--budget they follow this machine's speed (give --epochs without "
+                     "--budget to repeat a run)")
+
+
 def test_budget_alone_says_its_plan_before_the_first_epoch_line(runner, prepared, tmp_path):
     """--budget without --epochs: the plan is said when the first epoch ends, before that
     epoch's line, and every epoch line counts against the plan of its time (never against
-    the uncapped 10,000 epochs)."""
+    the uncapped 10,000 epochs). A --seed given with it is told that it will not repeat
+    the run."""
     out = tmp_path / "m"
     result = runner.invoke(cli, ["train", "--data", str(prepared), "--out", str(out),
-                                 *TINY_MODEL, "--batch-size", "4", "--budget", "4s"])
+                                 *TINY_MODEL, "--batch-size", "4", "--budget", "4s",
+                                 "--seed", "7"])
     assert_clean_exit(result, 0)
     lines = result.output.splitlines()
+    assert lines[0] == INEXACT_SEED_NOTE, lines[:3]
     plan = next(i for i, line in enumerate(lines) if line.startswith("The 4s budget allows"))
     planned = int(re.match(r"The 4s budget allows (\d+) epochs?", lines[plan]).group(1))
     assert lines[plan + 1].startswith(f"epoch   1/{planned}  loss"), lines
@@ -107,6 +116,22 @@ def test_budget_alone_says_its_plan_before_the_first_epoch_line(runner, prepared
     assert totals and max(totals) < 10_000, lines
     ran = len(pd.read_csv(out / "history.csv"))
     assert re.search(rf"^The 4s budget allowed {ran} epochs? ", result.output, re.MULTILINE)
+
+
+@pytest.mark.parametrize("args, budget, noted", [
+    (["--seed", "7", "--budget", "5m"], 300.0, True),
+    (["--seed", "7", "--epochs", "40"], 0.0, False),  # fixed epochs: the run repeats
+    (["--budget", "5m"], 300.0, False),  # the default seed: the user asked for nothing
+])
+def test_a_seed_with_a_budget_is_told_it_does_not_repeat_the_run(capsys, args, budget,
+                                                                 noted):
+    from catsdogs.cli import note_inexact_seed, train
+
+    with train.make_context("train", args) as ctx:
+        note_inexact_seed(ctx, budget)
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err == (INEXACT_SEED_NOTE + "\n" if noted else "")
 
 
 @pytest.mark.parametrize("time_limit, line", [
