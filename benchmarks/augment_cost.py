@@ -30,9 +30,9 @@ def augment_step(images: np.ndarray, size: int, jitter: tuple[float, float],
                  gray_share: float) -> Callable[[], None]:
     """Augment every batch of ``images`` once per call, with these ranges."""
     def step() -> None:
-        data.JITTER, data.GRAY_SHARE = jitter, gray_share
         for start in range(0, len(images), BATCH):
-            data.augment_batch(images[start:start + BATCH], np.random.default_rng(start), size)
+            data.augment_batch(images[start:start + BATCH], np.random.default_rng(start), size,
+                               jitter_range=jitter, gray_share=gray_share)
 
     return step
 

@@ -154,19 +154,20 @@ def crop_box(side: int, rng: np.random.Generator, tries: int = 10
     return 0, 0, side, side
 
 
-def augment_batch(images: np.ndarray, rng: np.random.Generator, size: int | None = None
+def augment_batch(images: np.ndarray, rng: np.random.Generator, size: int | None = None,
+                  jitter_range: tuple[float, float] = JITTER, gray_share: float = GRAY_SHARE
                   ) -> np.ndarray:
     """A new uint8 batch (N, size, size, C) from a batch (N, S, S, C): each photo a random
     resized crop (resized to ``size``×``size``; default: S×S), mirrored with probability 1/2,
     then its saturation (colour photos only), contrast and brightness scaled by factors drawn
-    in ``JITTER``; then a colour photo turns gray (three equal channels) with probability
-    ``GRAY_SHARE``. Every step is one OpenCV call on uint8 pixels (about 4× faster than the
-    same arithmetic in float32 numpy), so the same on every Keras backend; OpenCV's thread
-    count (``cv2.setNumThreads``) applies."""
+    in ``jitter_range`` (``JITTER``); then a colour photo turns gray (three equal channels)
+    with probability ``gray_share`` (``GRAY_SHARE``). Every step is one OpenCV call on uint8
+    pixels (about 4× faster than the same arithmetic in float32 numpy), so the same on every
+    Keras backend; OpenCV's thread count (``cv2.setNumThreads``) applies."""
     count, side, channels = images.shape[0], images.shape[1], images.shape[-1]
     size = side if size is None else size
     out = np.empty((count, size, size, channels), dtype=images.dtype)
-    factors = rng.uniform(*JITTER, size=(count, 3))
+    factors = rng.uniform(*jitter_range, size=(count, 3))
     for number in range(count):
         top, left, height, width = crop_box(side, rng)
         crop = images[number, top:top + height, left:left + width]
@@ -175,7 +176,7 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator, size: int | None
         if rng.random() < 0.5:
             crop = cv2.flip(crop, 1)
         photo = jitter(crop.reshape(size, size, channels), *factors[number])
-        if channels == 3 and rng.random() < GRAY_SHARE:
+        if channels == 3 and rng.random() < gray_share:
             photo = cv2.cvtColor(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         out[number] = photo
     return out

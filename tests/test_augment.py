@@ -67,6 +67,23 @@ def test_flat_photos_keep_their_colour_up_to_the_jitter():
     assert len(set(colour[:, 0])) > 50  # a different factor per photo
 
 
+def test_the_jitter_and_the_gray_share_can_be_given():
+    """``jitter_range`` and ``gray_share`` replace ``JITTER`` and ``GRAY_SHARE`` for one call
+    (what ``benchmarks/augment_cost.py`` times): factors of exactly 1 and no gray share give
+    the flat photo back unchanged; a gray share of 1 turns every colour photo gray."""
+    images = np.zeros((40, 24, 24, 3), dtype=np.uint8)
+    images[...] = (200, 100, 50)
+    same = augment_batch(images, np.random.default_rng(3), jitter_range=(1.0, 1.0),
+                         gray_share=0.0)
+    assert np.array_equal(same, images)
+    gray = augment_batch(images, np.random.default_rng(3), jitter_range=(1.0, 1.0),
+                         gray_share=1.0)
+    assert np.all(gray == 124)  # the gray level of (200, 100, 50), in all three channels
+    default = augment_batch(images, np.random.default_rng(3))
+    assert np.array_equal(default, augment_batch(images, np.random.default_rng(3),
+                                                 jitter_range=JITTER, gray_share=GRAY_SHARE))
+
+
 def test_gray_photos_draw_no_gray_share():
     """One-channel photos are gray already: none of their draws is spent on it, so a gray
     dataset's augmentation is what it was before GRAY_SHARE."""
