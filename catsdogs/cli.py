@@ -365,7 +365,7 @@ def train(ctx: click.Context, data: Path, out: Path, resume: bool, force: bool,
                          on_plan=progress.on_plan, started=started)
     progress.clear()
     report_training(result, data, out, train_config.patience, time_limit=time_limit,
-                    default_epochs=progress.requested)
+                    default_epochs=progress.requested, said_cut=bool(progress.planned))
 
 
 def note_unused_settings(ctx: click.Context, backbone: str) -> None:

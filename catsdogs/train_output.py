@@ -108,6 +108,21 @@ def time_limit_line(time_limit: float, requested: int, epochs: int, epoch_second
             f"them; --epochs {requested} trains them all.")
 
 
+def time_limit_outcome(time_limit: float, allowed: int, requested: int, said_cut: bool
+                       ) -> str:
+    """The end of the log of a default-length run: how many epochs its time limit allowed
+    when it cut them; when the plan said early on that it would, but the epochs sped up and
+    all ran, that instead (the schedule followed the plan as it was revised); else nothing."""
+    limit = format_duration(time_limit)
+    if allowed < requested:
+        return (f"The {limit} limit of the default length allowed {allowed} of its "
+                f"{requested} epochs.")
+    if said_cut:
+        return (f"The {limit} limit of the default length allowed all {requested} epochs in "
+                "the end: they ran faster than first planned.")
+    return ""
+
+
 class ResumedRun(NamedTuple):
     """What the checkpoint of an interrupted run says of its length."""
 
@@ -149,9 +164,11 @@ def report_balance(balance: Any) -> None:
 
 
 def report_training(result: Any, data: Path, out: Path, patience: int,
-                    time_limit: float = 0.0, default_epochs: int = 0) -> None:
+                    time_limit: float = 0.0, default_epochs: int = 0,
+                    said_cut: bool = False) -> None:
     """The end of ``train``: the kept epoch, where the model is, exit 130 if interrupted.
-    ``time_limit``: the default length's limit (seconds) over its ``default_epochs``."""
+    ``time_limit``: the default length's limit (seconds) over its ``default_epochs``;
+    ``said_cut``: whether the log said, early on, that they would not all fit."""
     if result.interrupted:
         click.echo(f"Interrupted after {result.epochs_run} finished epoch(s).", err=True)
     if not result.saved:
@@ -161,9 +178,9 @@ def report_training(result: Any, data: Path, out: Path, patience: int,
         click.echo(f"Stopped early: no better {result.monitor} for {patience} epochs.")
     click.echo(kept_line(result))
     if time_limit:
-        if result.budget_epochs < default_epochs:
-            click.echo(f"The {format_duration(time_limit)} limit of the default "
-                       f"length allowed {result.budget_epochs} of its {default_epochs} epochs.")
+        if line := time_limit_outcome(time_limit, result.budget_epochs, default_epochs,
+                                      said_cut):
+            click.echo(line)
     elif result.budget:
         click.echo(budget_line(result.budget, result.budget_epochs, result.epoch_seconds,
                                "allowed"))
