@@ -23,9 +23,14 @@ fixture, is marked slow, so that the quick tier (``-m "not slow"``) trains nothi
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the tests that train a model slow, then runs the slow tests first (each group
+    in file order): the two workers then end on quick tests and finish together, where file
+    order left one worker alone on the backbone trainings for the last minute or so
+    (benchmarks/RESULTS.md, "The test suite")."""
     for item in items:
         if TRAINED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture
