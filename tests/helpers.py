@@ -3,10 +3,12 @@ click results. Fixtures live in ``conftest.py``; plain functions and constants l
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import traceback
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -18,6 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # A model small enough to train in a second on 24px images.
 TINY_MODEL = ["--blocks", "1", "--filters", "4", "--dense", "0", "--dropout", "0"]
 TINY_TRAIN = ["--epochs", "4", "--batch-size", "4", "--learning-rate", "0.01"]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` (not a package) imported as the module ``name``, registered
+    in ``sys.modules`` (dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_photo(kind: str, rng: np.random.Generator, size: int = 24) -> np.ndarray:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def timing():
-    spec = importlib.util.spec_from_file_location("timing", ROOT / "benchmarks" / "timing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("timing")
 
 
 def test_alternated_times_every_step_once_a_round_in_turn(timing):

@@ -2,12 +2,10 @@
 the slow tests scheduled first so that the two xdist workers finish together; and
 benchmarks/suite_balance.py, which measures how evenly they were kept busy."""
 
-import importlib.util
-
 import pytest
 
 from tests.conftest import TRAINED_MODEL_FIXTURES
-from tests.helpers import ROOT
+from tests.helpers import load_benchmark
 
 
 def is_slow(item) -> bool:
@@ -30,14 +28,6 @@ def test_a_test_that_uses_a_trained_model_is_slow(request):
     assert all(is_slow(item) for item in using)
 
 
-def load_suite_balance():
-    path = ROOT / "benchmarks" / "suite_balance.py"
-    spec = importlib.util.spec_from_file_location("suite_balance", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 LOG = """\
 [gw1] [ 33%] PASSED tests/test_a.py::test_one
 [gw0] [ 66%] PASSED tests/test_b.py::test_two[x]
@@ -52,7 +42,7 @@ LOG = """\
 
 
 def test_suite_balance_sums_each_workers_tests(tmp_path, capsys):
-    suite_balance = load_suite_balance()
+    suite_balance = load_benchmark("suite_balance")
     busy = suite_balance.worker_busy(LOG)
     assert busy == {"gw0": (30.0, ["tests/test_b.py::test_two[x]"]),
                     "gw1": (4.0, ["tests/test_a.py::test_one", "tests/test_a.py::test_three"])}
@@ -69,6 +59,6 @@ def test_suite_balance_refuses_a_log_without_workers(tmp_path, capsys):
     log = tmp_path / "suite.log"
     log.write_text("tests/test_a.py::test_one PASSED\n")
     with pytest.raises(SystemExit) as exit_info:
-        load_suite_balance().main([str(log)])
+        load_benchmark("suite_balance").main([str(log)])
     assert exit_info.value.code == 2
     assert "no [gwN] result lines" in capsys.readouterr().err
