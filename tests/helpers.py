@@ -12,6 +12,7 @@ from types import ModuleType
 
 import cv2
 import numpy as np
+import pytest
 from click.testing import CliRunner, Result
 
 # The project's root folder: docs, benchmarks and scripts the tests read or run.
@@ -20,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # A model small enough to train in a second on 24px images.
 TINY_MODEL = ["--blocks", "1", "--filters", "4", "--dense", "0", "--dropout", "0"]
 TINY_TRAIN = ["--epochs", "4", "--batch-size", "4", "--learning-rate", "0.01"]
+
+
+def is_slow(item: pytest.Item) -> bool:
+    """Whether a collected test is in the slow tier (``-m slow``)."""
+    return item.get_closest_marker("slow") is not None
 
 
 def load_benchmark(name: str) -> ModuleType:

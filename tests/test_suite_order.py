@@ -5,11 +5,7 @@ benchmarks/suite_balance.py, which measures how evenly they were kept busy."""
 import pytest
 
 from tests.conftest import TRAINED_MODEL_FIXTURES
-from tests.helpers import load_benchmark
-
-
-def is_slow(item) -> bool:
-    return item.get_closest_marker("slow") is not None
+from tests.helpers import is_slow, load_benchmark
 
 
 def test_the_slow_tests_are_collected_before_the_quick_ones(request):
